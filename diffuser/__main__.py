@@ -1,0 +1,5 @@
+import sys
+
+from diffuser.cli import main
+
+sys.exit(main())

@@ -1,0 +1,129 @@
+"""`python -m diffuser STEP ...`: each pipeline step as a command (the Snakemake rules call these)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that describe a user's mistake: shown as one line, without a traceback."""
+    from diffuser.config import ConfigError
+    from diffuser.datasets.errors import DatasetError
+    from diffuser.envs.make import EnvironmentUnavailable
+    from diffuser.utils.checkpoint import CheckpointError
+    from diffuser.utils.trainer import TrainingDiverged
+
+    return (ConfigError, DatasetError, EnvironmentUnavailable, CheckpointError, TrainingDiverged)
+
+
+def _cell_config(args) -> dict:
+    from diffuser.config import load_cell_config
+
+    config = load_cell_config(args)
+    if args.threads:
+        config["num_threads"] = args.threads
+    return config
+
+
+def cmd_prepare(args) -> None:
+    from diffuser.datasets.prepare import prepare_dataset
+
+    out = prepare_dataset(args.dataset, args.data_dir, steps=args.steps, action_noise=args.action_noise, seed=args.seed)
+    print(f"dataset ready: {out}")
+
+
+def cmd_pretrain(args) -> None:
+    from diffuser import steps
+
+    out = steps.pretrain_vae(_cell_config(args), args.out, args.data_dir)
+    print(f"VAE written: {out}")
+
+
+def cmd_train(args) -> None:
+    from diffuser import steps
+
+    final = steps.train(_cell_config(args), args.run_dir, args.data_dir, vae_path=args.vae)
+    print(f"trained: {final}")
+
+
+def cmd_evaluate(args) -> None:
+    from diffuser import steps
+
+    result = steps.evaluate(args.run_dir, checkpoint=args.checkpoint, num_eval=args.num_eval, out=args.out)
+    print(json.dumps({k: result[k] for k in ("step", "mean_return", "mean_normalized_score", "success_rate")}))
+
+
+def cmd_aggregate(args) -> None:
+    from diffuser.config import load_spec
+    from diffuser.reporting import aggregate_experiment
+
+    spec = load_spec(args.spec)
+    paths = aggregate_experiment(args.exp_dir, spec.swept_variables)
+    print(f"summary and figures written under {args.exp_dir}: {json.dumps({k: str(v) for k, v in paths.items()})}")
+
+
+def cmd_demo(args) -> None:
+    """Run the whole default pipeline with Snakemake and say where the results are."""
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--rerun-incomplete", "--printshellcmds"]
+    print("running:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=root, check=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m diffuser", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="build data/processed/<dataset>/ from its source")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--steps", type=int, default=100_000, help="steps of a generated dataset")
+    p.add_argument("--action-noise", type=float, default=0.5, help="action noise of a generated maze dataset")
+    p.add_argument("--seed", type=int, default=0, help="seed of a generated dataset")
+    p.add_argument("--data-dir", default="data")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("pretrain", help="pre-train the action VAE of a cell config")
+    p.add_argument("--cell-config", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (overrides num_threads)")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("train", help="train one cell (resumes from its checkpoints)")
+    p.add_argument("--cell-config", required=True)
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--vae", default=None, help="pre-trained VAE (vae.pt) to warm-start from")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (overrides num_threads)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run's final policy (or any checkpoint)")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--num-eval", type=int, default=None)
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("aggregate", help="summary table and figures of an experiment")
+    p.add_argument("--exp-dir", required=True)
+    p.add_argument("--spec", required=True)
+    p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("demo", help="run the default pipeline (config/config.yaml) with Snakemake")
+    p.add_argument("--cores", type=int, default=2)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except _user_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

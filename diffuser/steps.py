@@ -1,0 +1,196 @@
+"""The pipeline's steps as plain functions: what the CLI commands and the Snakemake rules run."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from diffuser.utils.checkpoint import load_checkpoint, save_checkpoint
+from diffuser.utils.metrics import MetricsLogger
+from diffuser.utils.progress import progress_bar
+
+
+def processed_dir(config: dict, data_dir: str | os.PathLike = "data") -> Path:
+    return Path(data_dir) / "processed" / config["dataset"]
+
+
+def prepare(config: dict, data_dir: str | os.PathLike = "data") -> Path:
+    from diffuser.datasets.prepare import prepare_dataset
+
+    return prepare_dataset(
+        config["dataset"],
+        data_dir,
+        steps=config["dataset_steps"],
+        action_noise=config["dataset_action_noise"],
+        seed=config["dataset_seed"],
+    )
+
+
+def load_dataset(config: dict, data_dir: str | os.PathLike = "data", device="cpu"):
+    from diffuser.registry import resolve
+
+    loader = resolve(config["loader"])
+    return loader(
+        processed_dir(config, data_dir),
+        history_horizon=config["history_horizon"],
+        action_horizon=config["action_horizon"],
+        discount=config["discount"],
+        reward_scale=config["reward_scale"],
+        normalizer=config["normalizer"],
+        device=device,
+    )
+
+
+def build_model(config: dict, obs_dim: int, action_dim: int) -> torch.nn.Module:
+    from diffuser.registry import resolve
+
+    return resolve(config["diffusion"])(obs_dim, action_dim, config)
+
+
+def set_threads(config: dict) -> None:
+    torch.set_num_threads(config["num_threads"] or os.cpu_count() or 1)
+
+
+def _claim_device(config: dict):
+    from diffuser.utils.gpu_pool import claim_device
+
+    return claim_device(config["device"])
+
+
+def pretrain_vae(config: dict, out: str | os.PathLike, data_dir: str | os.PathLike = "data") -> Path:
+    """Train the ActionVAE alone on (state, action-chunk) pairs; writes `out` and a metrics table beside it."""
+    set_threads(config)
+    claim = _claim_device(config)
+    device = torch.device(claim.device)
+    torch.manual_seed(config["seed"])
+    dataset = load_dataset(config, data_dir, device=device)
+    model = build_model(config, dataset.obs_dim, dataset.action_dim).to(device)
+    if not hasattr(model, "vae"):
+        raise ValueError(f"Model {config['diffusion']} has no VAE to pre-train; only models.DiffusionRL has one.")
+    vae = model.vae
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
+    generator = torch.Generator(device="cpu").manual_seed(config["seed"])
+    out = Path(out)
+    logger = MetricsLogger(out.with_name("metrics.csv"))
+    sums: dict[str, float] = {}
+    steps = config["vae_pretrain_steps"]
+    try:
+        with progress_bar(total=steps, desc="pretrain_vae") as bar:
+            for step in range(1, steps + 1):
+                batch = dataset.sample(config["batch_size"], generator)
+                total, terms = vae.loss(batch["observations"], batch["actions"])
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                if config["grad_clip"] > 0:
+                    torch.nn.utils.clip_grad_norm_(vae.parameters(), config["grad_clip"])
+                optimizer.step()
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0.0) + float(value)
+                bar.update(1)
+                if step % config["log_freq"] == 0 or step == steps:
+                    count = config["log_freq"] if step % config["log_freq"] == 0 else step % config["log_freq"]
+                    logger.log(step, {k: v / count for k, v in sums.items()})
+                    sums = {}
+    finally:
+        logger.close()
+    return save_checkpoint(out, {"vae": vae.state_dict(), "config": config, "steps": steps})
+
+
+def train(
+    config: dict,
+    run_dir: str | os.PathLike,
+    data_dir: str | os.PathLike = "data",
+    vae_path: str | os.PathLike | None = None,
+) -> Path:
+    """Train one cell into `run_dir`; resumes from its newest checkpoint when `continue_training`."""
+    from diffuser.registry import resolve, trainer_for
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    set_threads(config)
+    claim = _claim_device(config)
+    device = torch.device(claim.device)
+    torch.manual_seed(config["seed"])
+    dataset = load_dataset(config, data_dir, device=device)
+    model = build_model(config, dataset.obs_dim, dataset.action_dim)
+    if vae_path is not None and hasattr(model, "vae"):
+        model.vae.load_state_dict(load_checkpoint(vae_path)["vae"])
+    trainer_cls = trainer_for(config)
+    evaluator = None
+    if config["eval_freq"] <= config["n_train_steps"] or config["online_training"]:
+        evaluator = resolve(config["evaluator"])(dataset.metadata, config["num_eval"], seed=config["seed"])
+    trainer = trainer_cls(config, dataset, model, run_dir, evaluator=evaluator, device=device)
+    started = time.time()
+    _write_run_info(run_dir, config, claim, status="running", started=started)
+    final = trainer.train()
+    _write_run_info(run_dir, config, claim, status="finished", started=started, steps=trainer.step)
+    return final
+
+
+def _write_run_info(run_dir: Path, config: dict, claim, **fields) -> None:
+    info = {
+        "device": claim.as_dict(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "host": platform.node(),
+        "dataset": config["dataset"],
+        "seed": config["seed"],
+        **fields,
+        "updated": time.time(),
+    }
+    tmp = run_dir / "run.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2))
+    tmp.replace(run_dir / "run.json")
+
+
+def policy_from_state(state: dict, device="cpu"):
+    """A PolicyRunner over the EMA weights of a checkpoint (final.pt or any training checkpoint)."""
+    from diffuser.datasets.normalization import normalizer_from_state_dict
+    from diffuser.utils.policy import PolicyRunner
+
+    config = state["config"]
+    model = build_model(config, state["obs_dim"], state["action_dim"]).to(device)
+    model.load_state_dict(state["ema"])
+    model.eval()
+    normalizers = {k: normalizer_from_state_dict(v) for k, v in state["normalizers"].items()}
+    return PolicyRunner(model, normalizers, config["history_horizon"], config["action_horizon"], device=device)
+
+
+def evaluate(
+    run_dir: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    num_eval: int | None = None,
+    out: str | os.PathLike | None = None,
+) -> dict:
+    """Evaluate a checkpoint (default: the run's final.pt) with its EMA weights; writes eval.json."""
+    from diffuser.registry import resolve
+
+    run_dir = Path(run_dir)
+    checkpoint = Path(checkpoint) if checkpoint else run_dir / "final.pt"
+    state = load_checkpoint(checkpoint)
+    config = state["config"]
+    set_threads(config)
+    claim = _claim_device(config)
+    runner = policy_from_state(state, device=claim.device)
+    evaluator = resolve(config["evaluator"])(state["metadata"], num_eval or config["num_eval"], seed=config["seed"])
+    try:
+        result = evaluator.evaluate(runner)
+    finally:
+        evaluator.close()
+    result.update(step=int(state["step"]), checkpoint=str(checkpoint), ema=True)
+    out = Path(out) if out else run_dir / "eval.json"
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(out)
+    return result
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f)

@@ -1,0 +1,110 @@
+"""Offline training: exact resume after a kill, NaN handling, and that a short run learns."""
+
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+import yaml
+
+from conftest import PYTHON, ROOT, python_env
+from diffuser.config import load_cell_config
+from diffuser.utils.checkpoint import latest_checkpoint, load_checkpoint
+from diffuser.utils.trainer import TrainingDiverged
+
+TINY = {
+    "dataset": "gen-maze2d-umaze",
+    "dataset_steps": 3000,
+    "hidden_dim": 32,
+    "vae_latent_dim": 4,
+    "trajectory_latent_dim": 16,
+    "denoiser_blocks": 1,
+    "history_horizon": 2,
+    "n_diffusion_steps": 10,
+    "n_sampling_steps": 3,
+    "n_action_samples": 2,
+    "batch_size": 16,
+    "num_threads": 1,
+    "log_freq": 10,
+    "eval_freq": 100000,
+}
+
+
+def write_cell(path, **overrides):
+    path.write_text(yaml.safe_dump({**TINY, **overrides}))
+    return path
+
+
+def without_timing(rows):
+    return [r for r in rows if "steps_per_second" not in r]
+
+
+def train_cmd(cell, run_dir, data_dir):
+    return [PYTHON, "-m", "diffuser", "train", "--cell-config", str(cell), "--run-dir", str(run_dir),
+            "--data-dir", str(data_dir)]
+
+
+def test_resume_after_sigkill_gives_identical_weights(tmp_path, tiny_maze_data):
+    cell = write_cell(tmp_path / "cell.yaml", n_train_steps=400, save_freq=40)
+    env = python_env()
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    subprocess.run(train_cmd(cell, straight, tiny_maze_data), check=True, env=env, cwd=ROOT, capture_output=True)
+
+    proc = subprocess.Popen(train_cmd(cell, resumed, tiny_maze_data), env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        ckpt = latest_checkpoint(resumed / "checkpoints")
+        if ckpt is not None and int(ckpt.stem.split("_")[1]) >= 120:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = int(latest_checkpoint(resumed / "checkpoints").stem.split("_")[1])
+    assert killed_at < 400 and not (resumed / "final.pt").exists(), "the run must be killed mid-training"
+
+    subprocess.run(train_cmd(cell, resumed, tiny_maze_data), check=True, env=env, cwd=ROOT, capture_output=True)
+    a, b = load_checkpoint(straight / "final.pt"), load_checkpoint(resumed / "final.pt")
+    assert a["step"] == b["step"] == 400
+    for key in a["ema"]:
+        assert torch.equal(a["ema"][key], b["ema"][key]), f"{key} differs after resume"
+    metrics_a = (straight / "metrics.csv").read_text().splitlines()
+    metrics_b = (resumed / "metrics.csv").read_text().splitlines()
+    assert without_timing(metrics_a) == without_timing(metrics_b), "resumed metrics must equal uninterrupted ones"
+
+
+def test_nan_loss_stops_with_step_and_term_and_keeps_checkpoint(tmp_path, tiny_maze_data, monkeypatch):
+    from diffuser import steps
+
+    config = load_cell_config(write_cell(tmp_path / "cell.yaml", n_train_steps=60, save_freq=20))
+    original = steps.build_model
+
+    def poisoned(config, obs_dim, action_dim):
+        model = original(config, obs_dim, action_dim)
+        real_loss, calls = model.loss, {"n": 0}
+
+        def loss(batch):
+            calls["n"] += 1
+            total, terms = real_loss(batch)
+            if calls["n"] == 31:
+                terms["diffusion_loss"] = terms["diffusion_loss"] * float("nan")
+            return total, terms
+
+        model.loss = loss
+        return model
+
+    monkeypatch.setattr(steps, "build_model", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"diffusion_loss.*step 31"):
+        steps.train(config, tmp_path / "run", tiny_maze_data)
+    ckpt = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert ckpt is not None and load_checkpoint(ckpt)["step"] == 20
+
+
+def test_cli_reports_a_config_typo_in_one_line(tmp_path):
+    cell = tmp_path / "cell.yaml"
+    cell.write_text(yaml.safe_dump({"vae_latnt_dim": 8}))
+    out = subprocess.run([PYTHON, "-m", "diffuser", "train", "--cell-config", str(cell), "--run-dir",
+                          str(tmp_path / "r")], env=python_env(), cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "vae_latnt_dim" in out.stderr and "Traceback" not in out.stderr
