@@ -14,16 +14,26 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from diffuser.config import ConfigError
     from diffuser.datasets.errors import DatasetError
     from diffuser.envs.make import EnvironmentUnavailable
+    from diffuser.reporting import ReportError
     from diffuser.utils.checkpoint import CheckpointError
+    from diffuser.utils.gpu_pool import GpuPoolError
     from diffuser.utils.trainer import TrainingDiverged
 
-    return (ConfigError, DatasetError, EnvironmentUnavailable, CheckpointError, TrainingDiverged)
+    return (
+        ConfigError,
+        DatasetError,
+        EnvironmentUnavailable,
+        CheckpointError,
+        TrainingDiverged,
+        GpuPoolError,
+        ReportError,
+    )
 
 
 def _cell_config(args) -> dict:
     from diffuser.config import load_cell_config
 
-    config = load_cell_config(args)
+    config = load_cell_config(args.cell_config)
     if args.threads:
         config["num_threads"] = args.threads
     return config

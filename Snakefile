@@ -1,0 +1,25 @@
+# The sweep of an experiment spec: prepare datasets -> pre-train VAEs -> train and evaluate every
+# cell -> summary table and figures. Runs config/config.yaml unless told otherwise:
+#   snakemake --cores 2 --workflow-profile workflow/profiles/default
+#   snakemake --cores 8 --resources gpu=4 --workflow-profile workflow/profiles/default --config spec=config/vae_diffusion_rl_example.yaml
+# Overrides and the other options are described in workflow/rules/common.smk.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

@@ -1,0 +1,143 @@
+"""VAESequenceDataset: batches of (history window, state, action chunk) drawn from a processed dataset.
+
+Everything a batch needs is laid out once at construction, so a batch is a handful of fancy-index
+gathers and no Python loop over its items:
+- observations and actions are normalized once into contiguous tensors on `device`, with one zero row
+  in front; a history step before its episode's start is pointed at that row, which makes it zero;
+- the valid steps t (those with t + action_horizon - 1 inside their episode), each one's episode
+  start, its `dones` flag and its discounted return-to-go are precomputed per valid step.
+The batch contract (keys, shapes, meaning) is in docs/INTERFACES.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from diffuser.datasets.normalization import make_normalizers
+
+
+def discounted_returns_to_go(rewards: np.ndarray, episode_lengths: np.ndarray, discount: float) -> np.ndarray:
+    """sum_{u=t}^{end} discount^(u-t) * rewards[u] for every step t, `end` the last step of t's episode.
+
+    The backward recurrence R_t = r_t + c_t R_{t+1} (c_t = discount, or 0 at an episode's last step)
+    is evaluated for all episodes at once as a doubling scan: after the pass with stride d, R_t holds
+    the sum over t .. t+d-1 (cut at the episode end) and C_t the product of c over that span, so
+    log2(N) vectorised passes replace N sequential steps.
+    """
+    returns = np.asarray(rewards, dtype=np.float64).copy()
+    n_steps = len(returns)
+    carry = np.full(n_steps, float(discount))
+    carry[np.cumsum(episode_lengths) - 1] = 0.0
+    stride = 1
+    while stride < n_steps:
+        returns[:-stride] = returns[:-stride] + carry[:-stride] * returns[stride:]
+        carry[:-stride] = carry[:-stride] * carry[stride:]
+        stride *= 2
+    return returns
+
+
+def _read_source(source) -> tuple[dict, dict]:
+    if isinstance(source, (str, os.PathLike)):
+        from diffuser.datasets.episodes import load_processed
+
+        return load_processed(source)
+    if isinstance(source, tuple) and len(source) == 2:
+        return source
+    raise TypeError(
+        f"VAESequenceDataset takes a processed dataset directory or an (arrays, metadata) tuple, not {type(source).__name__}."
+    )
+
+
+class VAESequenceDataset:
+    def __init__(
+        self,
+        source,
+        *,
+        history_horizon: int,
+        action_horizon: int,
+        discount: float = 0.99,
+        reward_scale: float = 1.0,
+        normalizer: str = "gaussian",
+        device="cpu",
+    ):
+        if history_horizon < 0 or action_horizon < 1:
+            raise ValueError(
+                f"history_horizon must be >= 0 and action_horizon >= 1, got {history_horizon} and {action_horizon}."
+            )
+        arrays, metadata = _read_source(source)
+        self.metadata = metadata
+        self.history_horizon = history_horizon
+        self.action_horizon = action_horizon
+        self.discount = discount
+        self.reward_scale = reward_scale
+        self.device = torch.device(device)
+        self.normalizers = make_normalizers(metadata, normalizer)
+        self.obs_dim = arrays["observations"].shape[1]
+        self.action_dim = arrays["actions"].shape[1]
+
+        starts = np.asarray(arrays["episode_starts"], dtype=np.int64)
+        lengths = np.asarray(arrays["episode_lengths"], dtype=np.int64)
+        step_start = np.repeat(starts, lengths)
+        step_stop = step_start + np.repeat(lengths, lengths)  # one past the episode's last step
+        valid_steps = np.flatnonzero(np.arange(len(step_start)) + action_horizon <= step_stop)
+        if len(valid_steps) == 0:
+            raise ValueError(
+                f"No episode of dataset '{metadata.get('name', '?')}' has {action_horizon} steps "
+                f"(its longest has {lengths.max(initial=0)}); lower `action_horizon`."
+            )
+        terminals_before = np.concatenate([[0], np.cumsum(arrays["terminals"])])
+        dones = terminals_before[valid_steps + action_horizon] > terminals_before[valid_steps]
+        rewards = reward_scale * np.asarray(arrays["rewards"], dtype=np.float32)
+        returns = discounted_returns_to_go(rewards, lengths, discount)[valid_steps]
+
+        obs_normalizer, action_normalizer = self.normalizers["observations"], self.normalizers["actions"]
+        self._observations = self._padded(
+            obs_normalizer.normalize(arrays["observations"])
+        )  # [N + 1, obs_dim]
+        self._actions = self._padded(action_normalizer.normalize(arrays["actions"]))  # [N + 1, action_dim]
+        self._next_observations = self._tensor(obs_normalizer.normalize(arrays["next_observations"]))
+        self._rewards = self._tensor(rewards)
+        self.valid_steps = torch.as_tensor(valid_steps, device=self.device)
+        self._valid_episode_starts = torch.as_tensor(step_start[valid_steps], device=self.device)
+        self._dones = self._tensor(dones)
+        self._returns_to_go = self._tensor(returns)
+        self._history_offsets = torch.arange(-history_horizon, 0, device=self.device)
+        self._chunk_offsets = torch.arange(action_horizon, device=self.device)
+
+    def _tensor(self, values: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(values, dtype=np.float32), device=self.device)
+
+    def _padded(self, values: np.ndarray) -> torch.Tensor:
+        """Row 0 zeros, row t + 1 the value of step t."""
+        return self._tensor(np.concatenate([np.zeros_like(values[:1]), values]))
+
+    def __len__(self) -> int:
+        return len(self.valid_steps)
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """A batch of valid steps drawn uniformly with replacement."""
+        positions = torch.randint(len(self), (batch_size,), generator=generator, device=generator.device)
+        return self.get(positions)
+
+    def get(self, positions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The batch for positions in [0, len(self)) of the valid steps (keys and shapes: docs/INTERFACES.md)."""
+        positions = torch.as_tensor(positions, dtype=torch.long, device=self.device)
+        steps = self.valid_steps[positions]  # [B]
+        history = steps[:, None] + self._history_offsets  # [B, H]
+        history_mask = history >= self._valid_episode_starts[positions][:, None]
+        history_rows = torch.where(history_mask, history + 1, 0)
+        chunk = steps[:, None] + self._chunk_offsets  # [B, K]
+        return {
+            "history_observations": self._observations[history_rows],
+            "history_actions": self._actions[history_rows],
+            "history_mask": history_mask,
+            "observations": self._observations[steps + 1],
+            "actions": self._actions[chunk + 1],
+            "rewards": self._rewards[chunk],
+            "next_observations": self._next_observations[steps + self.action_horizon - 1],
+            "dones": self._dones[positions],
+            "returns_to_go": self._returns_to_go[positions],
+        }

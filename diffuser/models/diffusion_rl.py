@@ -1,0 +1,141 @@
+"""DiffusionRL: the latent diffusion policy (ActionVAE + TrajectoryEncoder + diffusion + IQL critic).
+
+Acting: encode the history into c_t, sample latents from the diffusion conditioned on [c_t, s_t],
+decode them into an action chunk. Sampling a generative policy re-adds the noise of the data it
+imitates, so with `use_value_function` the policy draws `n_action_samples` latents per state and
+keeps the one whose decoded chunk has the highest min-Q; without it a low `sampling_temperature` moves samples toward
+the mode.
+
+Training: one total loss for one optimizer. The diffusion's targets are the VAE encoder's means,
+detached, so the diffusion loss cannot pull the VAE toward latents that are easy to denoise (e.g.
+all equal) and collapse it; the VAE learns from its own loss only. The same detached latents are the
+critic's actions.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from diffuser.models.critics import IQLCritic
+from diffuser.models.denoisers import LatentDenoiser
+from diffuser.models.diffusion import GaussianDiffusion
+from diffuser.models.encoders import TrajectoryEncoder
+from diffuser.models.vae import ActionVAE
+
+# The chain policy used for policy-gradient fine-tuning injects the DDPM posterior noise (eta = 1),
+# floored at min_policy_std, as DPPO does.
+CHAIN_ETA = 1.0
+
+
+class DiffusionRL(nn.Module):
+    def __init__(self, obs_dim: int, action_dim: int, config: dict):
+        super().__init__()
+        self.obs_dim = obs_dim
+        self.action_dim = action_dim
+        self.latent_dim = config["vae_latent_dim"]
+        self.vae_weight = config["vae_weight"]
+        self.n_sampling_steps = config["n_sampling_steps"]
+        self.sampler = config["sampler"]
+        self.ddim_eta = config["ddim_eta"]
+        self.sampling_temperature = config["sampling_temperature"]
+        self.min_policy_std = config["min_policy_std"]
+        self.n_action_samples = config["n_action_samples"]
+        hidden = config["hidden_dim"]
+        self.vae = ActionVAE(obs_dim, action_dim, config["action_horizon"], self.latent_dim, hidden,
+                             config["vae_kl_weight"])
+        self.clip = self.vae.latent_bound if config["clip_denoised"] else None
+        self.trajectory_encoder = TrajectoryEncoder(obs_dim, action_dim, config["history_horizon"],
+                                                    config["trajectory_latent_dim"], config["encoder_type"])
+        self.denoiser = LatentDenoiser(self.latent_dim, config["trajectory_latent_dim"] + obs_dim, hidden,
+                                       config["denoiser_blocks"])
+        self.diffusion = GaussianDiffusion(config["n_diffusion_steps"], config["beta_schedule"])
+        self.diffusion.sampling_timesteps(self.n_sampling_steps)  # rejects an impossible step count now
+        self.critic = None
+        if config["use_value_function"]:
+            self.critic = IQLCritic(obs_dim, self.latent_dim, hidden, config["expectile"], config["discount"],
+                                    config["action_horizon"], config["target_update_rate"])
+
+    # ----------------------------------------------------------------------------------- training
+    def condition(self, observations, history_observations, history_actions, history_mask) -> torch.Tensor:
+        """The diffusion's condition [N, trajectory_latent_dim + obs_dim] = [c_t, s_t]."""
+        context = self.trajectory_encoder(history_observations, history_actions, history_mask)
+        return torch.cat([context, observations], dim=-1)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        observations = batch["observations"]
+        vae_loss, terms, mu = self.vae.loss_and_latent(observations, batch["actions"])
+        latents = mu.detach()
+        cond = self.condition(observations, batch["history_observations"], batch["history_actions"],
+                              batch["history_mask"])
+        terms["diffusion_loss"] = self.diffusion.training_loss(self.denoiser, latents, cond)
+        total = terms["diffusion_loss"] + self.vae_weight * vae_loss
+        if self.critic is not None:
+            terms["value_loss"] = self.critic.value_loss(observations, latents)
+            terms["q_loss"] = self.critic.q_loss(observations, latents, batch["rewards"],
+                                                 batch["next_observations"], batch["dones"])
+            total = total + terms["value_loss"] + terms["q_loss"]
+        terms["loss"] = total
+        return total, terms
+
+    def after_optimizer_step(self) -> None:
+        if self.critic is not None:
+            self.critic.update_targets()
+
+    def vae_parameters(self):
+        return self.vae.parameters()
+
+    # ------------------------------------------------------------------------------------- acting
+    @torch.no_grad()
+    def sample_latents(self, observations, history_observations, history_actions, history_mask) -> torch.Tensor:
+        """[N, latent_dim]: one latent per state, the best of `n_action_samples` by min-Q when a critic exists."""
+        cond = self.condition(observations, history_observations, history_actions, history_mask)
+        n = self.n_action_samples if self.critic is not None else 1
+        repeated_cond = cond.repeat_interleave(n, dim=0)  # [N*n, C], the n candidates of a state adjacent
+        candidates = self.diffusion.sample(
+            self.denoiser, repeated_cond, (repeated_cond.shape[0], self.latent_dim), self.n_sampling_steps,
+            sampler=self.sampler, eta=self.ddim_eta, temperature=self.sampling_temperature, clip=self.clip,
+        )
+        if n == 1:
+            return candidates
+        repeated_obs = observations.repeat_interleave(n, dim=0)
+        scores = self.critic.q_min(repeated_obs, self.reencode(repeated_obs, candidates)).view(-1, n)
+        best = scores.argmax(dim=1)
+        return candidates.view(-1, n, self.latent_dim)[torch.arange(best.shape[0], device=best.device), best]
+
+    def reencode(self, observations: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """The encoder's mean for the chunk `latents` decode to: the latent the critic was trained on for that chunk.
+
+        Sampled latents can hold values no data latent has in dimensions the decoder ignores (where the
+        encoder's means sit near 0); Q would extrapolate on them, so it scores the decoded chunk's own latent.
+        """
+        return self.vae.encode(observations, self.decode_latents(observations, latents))[0]
+
+    def decode_latents(self, observations: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """[N, latent_dim] -> action chunks [N, K, A] in [-1, 1]; latents outside the data's box are clamped first."""
+        bound = self.vae.latent_bound
+        return self.vae.decode(observations, latents.clamp(-bound, bound))
+
+    @torch.no_grad()
+    def act(self, observations, history_observations, history_actions, history_mask) -> torch.Tensor:
+        """Normalized inputs -> normalized action chunks [N, K, A] in [-1, 1]."""
+        latents = self.sample_latents(observations, history_observations, history_actions, history_mask)
+        return self.decode_latents(observations, latents)
+
+    # ------------------------------------------------------- the denoising chain as a Gaussian policy
+    def sample_latent_chain(self, cond: torch.Tensor, generator: torch.Generator | None = None):
+        """(chain [N, S+1, latent_dim] from x_T to x_0, its log-probability [N]) for the condition [N, C]."""
+        return self.diffusion.sample_chain(self.denoiser, cond, (cond.shape[0], self.latent_dim),
+                                           self.n_sampling_steps, self.min_policy_std, eta=CHAIN_ETA,
+                                           clip=self.clip, generator=generator)
+
+    def latent_chain_log_prob(self, cond: torch.Tensor, chain: torch.Tensor, per_step: bool = False) -> torch.Tensor:
+        """[N] (or [N, S] per step) log-probability of `chain` under the current denoiser; differentiable,
+        and through `cond` also in the trajectory encoder when cond was built with gradients."""
+        return self.diffusion.chain_log_prob(self.denoiser, cond, chain, self.min_policy_std, eta=CHAIN_ETA,
+                                             clip=self.clip, per_step=per_step)
+
+    def chain_entropy(self) -> torch.Tensor:
+        """Entropy (nats) of the chain policy's transitions given x_T, summed over the S steps."""
+        return self.diffusion.step_entropies(self.latent_dim, self.n_sampling_steps, self.min_policy_std,
+                                             CHAIN_ETA).sum()

@@ -1,0 +1,91 @@
+"""The seed's class-path names (`models.DiffusionRL`, `utils.Trainer`, ...) -> classes of this package.
+
+Only the names listed here resolve: a config string never becomes an arbitrary import. Modules are
+imported when a name is resolved, so reading a config does not load torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Mapping
+
+from diffuser.config import ConfigError
+
+# name -> (module, attribute)
+CLASSES: dict[str, tuple[str, str]] = {
+    "models.DiffusionRL": ("diffuser.models", "DiffusionRL"),
+    "models.BC": ("diffuser.models", "BC"),
+    "datasets.VAESequenceDataset": ("diffuser.datasets.sequence", "VAESequenceDataset"),
+    "utils.Trainer": ("diffuser.utils.trainer", "Trainer"),
+    "utils.OnlineRLTrainer": ("diffuser.utils.online_trainer", "OnlineRLTrainer"),
+    "utils.MADEvaluator": ("diffuser.utils.evaluator", "MADEvaluator"),
+}
+# The seed's guide names utils.OfflineRLTrainer for online + offline training and calls it
+# offline-only in the same line; it, like a null trainer, means "the trainer the mode needs".
+MODE_TRAINERS = ("utils.OfflineRLTrainer", None)
+OFFLINE_TRAINER = "utils.Trainer"
+ONLINE_TRAINER = "utils.OnlineRLTrainer"
+# models that own an ActionVAE, which the pretrain step trains on its own
+MODELS_WITH_VAE = frozenset({"models.DiffusionRL"})
+
+
+class RegistryError(ConfigError):
+    """A class-path name that is not registered, or whose module cannot be imported."""
+
+
+def known_names() -> list[str]:
+    return sorted(CLASSES)
+
+
+def resolve(name: str):
+    """The class registered under `name`."""
+    if name == "utils.OfflineRLTrainer":
+        raise RegistryError(
+            "utils.OfflineRLTrainer names the trainer of a cell's mode (offline or online + offline); "
+            "resolve it with trainer_for(config)."
+        )
+    if name not in CLASSES:
+        match = difflib.get_close_matches(str(name), CLASSES, n=1)
+        hint = f" Did you mean '{match[0]}'?" if match else ""
+        raise RegistryError(f"unknown class name '{name}'; the known names are {', '.join(known_names())}.{hint}")
+    module_name, attribute = CLASSES[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise RegistryError(
+            f"'{name}' is registered as {module_name}.{attribute} but {module_name} cannot be imported ({err}); "
+            "reinstall the package (pip install -e .)."
+        ) from err
+    try:
+        return getattr(module, attribute)
+    except AttributeError as err:
+        raise RegistryError(f"'{name}' is registered as {module_name}.{attribute}, which does not exist.") from err
+
+
+def trainer_name(config: Mapping) -> str:
+    """The registered trainer a cell uses: its `trainer`, or for null/utils.OfflineRLTrainer the mode's."""
+    requested, online = config["trainer"], config["online_training"]
+    if requested in MODE_TRAINERS:
+        return ONLINE_TRAINER if online else OFFLINE_TRAINER
+    if requested in (OFFLINE_TRAINER, ONLINE_TRAINER) and (requested == ONLINE_TRAINER) != bool(online):
+        raise ConfigError(
+            f"trainer {requested} does not match online_training: {str(bool(online)).lower()}; set trainer: null."
+        )
+    return requested
+
+
+def trainer_for(config: Mapping):
+    """The trainer class of a cell config."""
+    return resolve(trainer_name(config))
+
+
+def unavailable_names() -> list[str]:
+    """Registered names whose class cannot be imported in this installation (empty when complete)."""
+    missing = []
+    for name in known_names():
+        try:
+            resolve(name)
+        except RegistryError:
+            missing.append(name)
+    return missing

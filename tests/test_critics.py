@@ -1,0 +1,107 @@
+"""IQL critic: expectile regression orders V as the expectile says, TD targets and target-network updates."""
+
+import copy
+
+import pytest
+import torch
+
+from diffuser.models.critics import IQLCritic
+
+MEANS = torch.tensor([1.0, -2.0])  # mean return of state 0 and state 1
+SPREADS = torch.tensor([1.0, 2.0])  # returns are uniform on mean +- spread, set by the latent z in [-1, 1]
+
+
+def toy_batch(n: int, generator: torch.Generator):
+    state = torch.randint(0, 2, (n,), generator=generator)
+    observations = torch.nn.functional.one_hot(state, 2).float()
+    latents = 2 * torch.rand(n, 1, generator=generator) - 1
+    returns = MEANS[state] + SPREADS[state] * latents[:, 0]
+    return observations, latents, returns
+
+
+def uniform_expectile(expectile: float) -> float:
+    """The expectile of Uniform(-1, 1): solves tau (1 - u)^2 = (1 - tau) (1 + u)^2."""
+    a, b = expectile**0.5, (1 - expectile) ** 0.5
+    return (a - b) / (a + b)
+
+
+def fit(parameters, loss_fn, steps, lr=3e-3):
+    optimizer = torch.optim.Adam(parameters, lr=lr)
+    for _ in range(steps):
+        loss = loss_fn()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+@pytest.fixture(scope="module")
+def critic_with_learned_q():
+    """Q(s, z) fitted to the return of (s, z) through q_loss: a one-step chunk that ends the episode."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    critic = IQLCritic(2, 1, hidden_dim=64, expectile=0.5, discount=0.99, action_horizon=1, target_update_rate=1.0)
+
+    def q_loss():
+        observations, latents, returns = toy_batch(256, generator)
+        return critic.q_loss(observations, latents, returns[:, None], torch.zeros(256, 2), torch.ones(256))
+
+    fit(critic.q.parameters(), q_loss, 800)
+    critic.update_targets()  # rate 1: the targets become the fitted Q
+    return critic
+
+
+def test_value_follows_the_expectile_of_the_returns(critic_with_learned_q):
+    generator = torch.Generator().manual_seed(1)
+    states = torch.eye(2)
+    values = {}
+    for expectile in (0.1, 0.5, 0.9):
+        critic = copy.deepcopy(critic_with_learned_q)
+        critic.expectile = expectile
+
+        def value_loss(critic=critic):
+            observations, latents, _ = toy_batch(256, generator)
+            return critic.value_loss(observations, latents)
+
+        fit(critic.value.parameters(), value_loss, 600)
+        with torch.no_grad():
+            values[expectile] = critic.v(states)
+        expected = MEANS + SPREADS * uniform_expectile(expectile)
+        assert torch.allclose(values[expectile], expected, atol=0.15 * SPREADS.max()), (expectile, values[expectile])
+    assert (values[0.9] > values[0.5]).all() and (values[0.5] > values[0.1]).all()
+    assert torch.allclose(values[0.5], MEANS, atol=0.1), "expectile 0.5 is the mean"
+
+
+def test_td_target_discounts_the_chunk_and_bootstraps_unless_done():
+    critic = IQLCritic(3, 2, hidden_dim=16, expectile=0.7, discount=0.9, action_horizon=3, target_update_rate=0.005)
+    last = critic.value[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.constant_(last.bias, 10.0)  # V(s') = 10 everywhere
+    rewards = torch.tensor([[1.0, 2.0, 3.0], [1.0, 0.0, 0.0]])
+    target = critic.td_target(rewards, torch.randn(2, 3), dones=torch.tensor([0.0, 1.0]))
+    expected = torch.tensor([1 + 0.9 * 2 + 0.81 * 3 + 0.729 * 10, 1.0])
+    torch.testing.assert_close(target, expected)
+
+
+def test_targets_move_toward_the_online_q_by_the_polyak_rate():
+    torch.manual_seed(0)
+    critic = IQLCritic(3, 2, hidden_dim=16, expectile=0.7, discount=0.9, action_horizon=1, target_update_rate=0.1)
+    with torch.no_grad():
+        for p in critic.q.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in critic.q_target.parameters()]
+    critic.update_targets()
+    for old, new, online in zip(before, critic.q_target.parameters(), critic.q.parameters(), strict=True):
+        torch.testing.assert_close(new, 0.9 * old + 0.1 * online)
+    assert not any(p.requires_grad for p in critic.q_target.parameters())
+
+
+def test_each_loss_trains_only_its_own_network():
+    critic = IQLCritic(3, 2, hidden_dim=16, expectile=0.7, discount=0.9, action_horizon=2, target_update_rate=0.005)
+    observations, latents = torch.randn(8, 3), torch.randn(8, 2)
+    critic.value_loss(observations, latents).backward()
+    assert all(p.grad is None for p in critic.q.parameters())
+    assert any(p.grad is not None for p in critic.value.parameters())
+    critic.zero_grad(set_to_none=True)
+    critic.q_loss(observations, latents, torch.randn(8, 2), torch.randn(8, 3), torch.zeros(8)).backward()
+    assert all(p.grad is None for p in critic.value.parameters())
+    assert any(p.grad is not None for p in critic.q.parameters())

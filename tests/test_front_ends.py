@@ -1,0 +1,186 @@
+"""The seed's front ends: `run_experiment.py -e SPEC -g GPU` (a whole sweep) and `train.py -e CELL.yaml`.
+
+run_experiment.py runs the Snakemake workflow, so it inherits its resume behaviour; these tests run
+it in a checkout copy with the stand-in CLI of test_workflow.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_workflow import (
+    TINY_SPEC,
+    cell_dir,
+    checkout_env,
+    make_checkout,
+    planned_jobs,
+    requires_real_pipeline,
+    snakemake,
+    wait_for,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+run_experiment = load_script("run_experiment")
+
+
+def front_end(checkout: Path, script: str, *args: str, timeout: float = 240, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, script, *args], cwd=checkout, env=checkout_env(checkout, **env),
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def checkpoint_step(run_dir: Path) -> int:
+    latest = run_dir / "checkpoints" / "latest.txt"
+    return int(latest.read_text()) if latest.exists() else 0
+
+
+# ------------------------------------------------------------------------------ run_experiment.py
+
+
+@pytest.mark.parametrize(
+    ("gpu", "ids", "resources", "visible"),
+    [("-1", [], None, "none"), ("0", ["0"], "gpu=1", "0"), ("0,2", ["0", "2"], "gpu=2", "0,2"), (None, None, None, None)],
+)
+def test_gpu_option_sets_the_pool_and_the_gpu_resource(gpu, ids, resources, visible):
+    assert run_experiment.gpu_ids(gpu) == ids
+    command = run_experiment.snakemake_command(Path("/x/spec.yaml"), 3, ids, 8, dry_run=False, extra=[])
+    assert command[command.index("--jobs") + 1] == "3"  # meta_data.num_workers
+    assert "--rerun-incomplete" in command and "spec=/x/spec.yaml" in command
+    assert (command[command.index("--resources") + 1] if "--resources" in command else None) == resources
+    environment = run_experiment.job_environment(ids)
+    assert environment.get("DIFFUSER_GPUS") == (visible if visible is not None else os.environ.get("DIFFUSER_GPUS"))
+
+
+@pytest.mark.parametrize("gpu", ["gpu0", "", "0,x"])
+def test_bad_gpu_option_is_refused(gpu):
+    with pytest.raises(SystemExit, match="-g"):
+        run_experiment.gpu_ids(gpu)
+
+
+def write_spec(directory: Path, spec: dict, name: str = "spec.yaml") -> Path:
+    path = directory / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_run_experiment_dry_run_plans_the_sweep_and_says_where_results_go(tmp_path):
+    checkout = make_checkout(tmp_path / "checkout")
+    spec = write_spec(tmp_path, {**TINY_SPEC, "variables": {"online_training": [False, True], "seed": [1, 2, 3]}})
+    run = front_end(checkout, "run_experiment.py", "-e", str(spec), "-g", "-1", "-n")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "experiment tiny: 6 cells on CPU, 1 job(s) at a time" in run.stdout
+    assert f"results: {checkout.resolve()}/results/tiny/" in run.stdout
+    assert run.stdout.count("rule train:") == 6
+    assert not (checkout / "results").exists()
+
+
+def test_run_experiment_refuses_a_bad_spec_in_one_line(tmp_path):
+    checkout = make_checkout(tmp_path / "checkout")
+    spec = write_spec(tmp_path, {"meta_data": {"exp_name": "x"}, "constants": {"vae_latnt_dim": 8}})
+    run = front_end(checkout, "run_experiment.py", "-e", str(spec), "-g", "-1")
+    assert run.returncode == 2
+    assert run.stderr.startswith("error: ") and "did you mean 'vae_latent_dim'" in run.stderr
+    assert "Traceback" not in run.stderr and "snakemake" not in run.stdout
+
+
+def test_seed_guide_path_points_to_the_projects_spec(tmp_path):
+    checkout = make_checkout(tmp_path / "checkout")
+    run = front_end(checkout, "run_experiment.py", "-e", "exp_specs/vae_diffusion_rl_example.yaml", "-g", "0")
+    assert run.returncode == 2 and "-e config/vae_diffusion_rl_example.yaml" in run.stderr
+
+
+def test_run_experiment_resumes_an_interrupted_sweep(tmp_path):
+    checkout = make_checkout(tmp_path / "checkout")
+    spec = write_spec(tmp_path, TINY_SPEC)
+    first, second = cell_dir(checkout, "online_training~False"), cell_dir(checkout, "online_training~True")
+    command = [sys.executable, "run_experiment.py", "-e", str(spec), "-g", "-1", "--cores", "1"]
+    # one job at a time (num_workers 1), 20 ms per step: the second cell is training when the first is done
+    sweep = subprocess.Popen(command, cwd=checkout, env=checkout_env(checkout, STAND_IN_STEP_SECONDS="0.02"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: (first / "final.pt").exists() or (second / "final.pt").exists(), 120, "a finished cell")
+        finished, killed = (first, second) if (first / "final.pt").exists() else (second, first)
+        wait_for(lambda: checkpoint_step(killed) >= 10, 60, "a checkpoint of the second cell")
+        os.killpg(sweep.pid, signal.SIGINT)  # Ctrl-C
+        sweep.wait(timeout=60)
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+    assert not (killed / "final.pt").exists()
+    finished_mtime = (finished / "final.pt").stat().st_mtime_ns
+    step_at_kill = checkpoint_step(killed)
+
+    rerun = front_end(checkout, "run_experiment.py", "-e", str(spec), "-g", "-1")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert (finished / "final.pt").stat().st_mtime_ns == finished_mtime  # not redone
+    info = json.loads((killed / "run.json").read_text())
+    assert info["status"] == "finished" and info["resumed_from"] == step_at_kill >= 10
+    steps = [int(row.split(",")[0]) for row in (killed / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, 31))  # the rows before the interruption were kept
+    assert planned_jobs(checkout, "--config", f"spec={spec}") == {}
+
+
+def test_sweep_killed_outright_resumes_after_unlocking(tmp_path):
+    # SIGKILL (power loss, OOM killer) leaves Snakemake's lock and the job marked incomplete
+    checkout = make_checkout(tmp_path / "checkout")
+    spec = write_spec(tmp_path, {**TINY_SPEC, "variables": {}})
+    run_dir = cell_dir(checkout, "default")
+    sweep = subprocess.Popen(
+        [sys.executable, "run_experiment.py", "-e", str(spec), "-g", "-1"], cwd=checkout,
+        env=checkout_env(checkout, STAND_IN_STEP_SECONDS="0.02"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    wait_for(lambda: checkpoint_step(run_dir) >= 10, 120, "a checkpoint")
+    os.killpg(sweep.pid, signal.SIGKILL)
+    sweep.wait(timeout=60)
+    locked = front_end(checkout, "run_experiment.py", "-e", str(spec), "-g", "-1")
+    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
+    assert snakemake(checkout, "--unlock", "--config", f"spec={spec}").returncode == 0
+    rerun = front_end(checkout, "run_experiment.py", "-e", str(spec), "-g", "-1")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert json.loads((run_dir / "run.json").read_text())["resumed_from"] >= 10
+
+
+# ------------------------------------------------------------------------------ train.py
+
+
+def test_train_py_refuses_a_spec_and_a_typo_in_one_line(tmp_path):
+    spec = write_spec(tmp_path, TINY_SPEC)
+    run = front_end(ROOT, "train.py", "-e", str(spec), "-g", "-1")
+    assert run.returncode == 2 and "not one cell's config" in run.stderr and "Traceback" not in run.stderr
+    cell = write_spec(tmp_path, {"n_train_step": 10}, "cell.yaml")
+    run = front_end(ROOT, "train.py", "-e", str(cell), "-g", "-1")
+    assert run.returncode == 2 and "did you mean 'n_train_steps'" in run.stderr
+
+
+@pytest.mark.slow
+@requires_real_pipeline
+def test_train_py_trains_one_cell_from_its_config(tmp_path):
+    from test_workflow import REAL_TINY_SPEC
+
+    cell = write_spec(tmp_path, {**REAL_TINY_SPEC["constants"], "online_training": False}, "cell.yaml")
+    run_dir = tmp_path / "run"
+    run = front_end(ROOT, "train.py", "-e", str(cell), "-g", "-1", "--run-dir", str(run_dir),
+                    "--data-dir", str(tmp_path / "data"), timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert (run_dir / "final.pt").exists() and (run_dir / "vae" / "vae.pt").exists()
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["n_train_steps"] == 40
+    assert f"results: {run_dir}/" in run.stdout

@@ -1,0 +1,166 @@
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from diffuser.reporting import (
+    ReportError,
+    aggregate_experiment,
+    collect_cells,
+    student_t_quantile,
+    summarize,
+    write_summary,
+)
+from diffuser.reporting.figures import learning_curves, plot_learning_curve, variant_colors
+
+SEEDS = (100, 200, 300)
+# Final normalized scores per (online_training, seed).
+SCORES = {False: {100: 40.0, 200: 50.0, 300: 66.0}, True: {100: 70.0, 200: 75.0, 300: 89.0}}
+VARIABLES = ["online_training", "seed"]
+T_975_DF2 = 4.303  # Student t table, two-sided 95%, 2 degrees of freedom
+
+
+def write_cell(exp_dir, online, seed, score, log_steps, with_eval=True):
+    cell = exp_dir / "cells" / f"online_training~{online}" / f"seed~{seed}"
+    cell.mkdir(parents=True)
+    config = {"online_training": online, "seed": seed, "rl_warmup_steps": 40, "n_train_steps": 100, "dataset": "x"}
+    (cell / "config.yaml").write_text(yaml.safe_dump(config))
+    rows = []
+    for step in log_steps:
+        rows.append((step, "loss", 1.0 + seed / 100 + 100.0 / (step + 1)))
+        rows.append((step, "diffusion_loss", 0.5 + seed / 1000 - step / 1000))
+        rows.append((step, "vae_kl_loss", 50.0 * 0.9 ** step))
+        rows.append((step, "eval_normalized_score", score * step / 100))
+        if online:
+            rows.append((step, "policy_loss", -0.1 * step / 100))
+    pd.DataFrame(rows, columns=["step", "metric", "value"]).to_csv(cell / "metrics.csv", index=False)
+    if with_eval:
+        result = {"step": 100, "checkpoint": str(cell / "checkpoints/latest.pt"), "num_episodes": 4, "seed": seed,
+                  "mean_return": 2 * score, "mean_normalized_score": score, "std_normalized_score": 1.0,
+                  "success_rate": score / 100, "seconds": 0.1, "ema": True}
+        (cell / "eval.json").write_text(json.dumps(result))
+    return cell
+
+
+def make_experiment(exp_dir, steps_per_seed=None):
+    steps_per_seed = steps_per_seed or {}
+    for online, by_seed in SCORES.items():
+        for seed, score in by_seed.items():
+            write_cell(exp_dir, online, seed, score, steps_per_seed.get(seed, range(0, 101, 10)))
+    return exp_dir
+
+
+def test_t_quantile_matches_table_and_closed_forms():
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 10: 2.228, 30: 2.042, 10**6: 1.960}
+    for df, expected in table.items():
+        assert student_t_quantile(0.975, df) == pytest.approx(expected, abs=1e-3)
+    for p in (0.6, 0.9, 0.99, 0.999):
+        # df 1 is the Cauchy distribution; df 2 has a closed-form inverse.
+        assert student_t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-9)
+        assert student_t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-9)
+        assert student_t_quantile(1 - p, 5) == pytest.approx(-student_t_quantile(p, 5), rel=1e-12)
+
+
+def test_summary_mean_and_ci_over_seeds(tmp_path):
+    exp_dir = make_experiment(tmp_path / "exp")
+    cells = collect_cells(exp_dir, VARIABLES)
+    assert len(cells) == 6
+    assert cells["online_training"].map(type).eq(bool).all()
+
+    summary = summarize(cells, VARIABLES)
+    assert len(summary) == 2
+    for online, by_seed in SCORES.items():
+        row = summary[summary["online_training"] == online].iloc[0]
+        scores = np.array(list(by_seed.values()))
+        std = math.sqrt(((scores - scores.mean()) ** 2).sum() / 2)
+        assert row["n_seeds"] == 3
+        assert row["mean"] == pytest.approx(scores.mean())
+        assert row["std"] == pytest.approx(std)
+        # 4.303 is rounded to 3 decimals: a relative error of at most 1.2e-4.
+        assert row["ci95_half_width"] == pytest.approx(T_975_DF2 * std / math.sqrt(3), rel=2e-4)
+        assert (row["ci95_low"], row["ci95_high"]) == pytest.approx(
+            (scores.mean() - row["ci95_half_width"], scores.mean() + row["ci95_half_width"]))
+        assert (row["min"], row["max"]) == (scores.min(), scores.max())
+        assert row["return_mean"] == pytest.approx(2 * scores.mean())
+
+    csv_path = write_summary(exp_dir, VARIABLES)
+    assert len(pd.read_csv(csv_path)) == 2
+    metrics = json.loads((exp_dir / "summary.json").read_text())
+    assert metrics["online_training=True"]["mean_normalized_score"] == pytest.approx(78.0)
+    assert metrics["online_training=False"]["n_seeds"] == 3
+
+
+def test_one_seed_gives_no_interval_and_says_so(tmp_path):
+    write_cell(tmp_path, False, 100, 40.0, range(0, 101, 10))
+    summary = summarize(collect_cells(tmp_path, VARIABLES), VARIABLES)
+    assert len(summary) == 1 and summary["n_seeds"].iloc[0] == 1
+    assert math.isnan(summary["ci95_half_width"].iloc[0])
+    assert "no confidence interval" in summary["note"].iloc[0]
+    write_summary(tmp_path, VARIABLES)
+    assert json.loads((tmp_path / "summary.json").read_text())["online_training=False"]["ci95_half_width"] is None
+
+
+def test_missing_eval_json_names_the_cell(tmp_path):
+    make_experiment(tmp_path)
+    write_cell(tmp_path, True, 400, 0.0, range(0, 101, 10), with_eval=False)
+    with pytest.raises(ReportError, match=r"cell online_training~True/seed~400 has no eval.json.*run its evaluate step"):
+        collect_cells(tmp_path, VARIABLES)
+
+
+def test_unlisted_swept_variable_is_reported(tmp_path):
+    make_experiment(tmp_path)
+    cells = collect_cells(tmp_path, VARIABLES)
+    with pytest.raises(ReportError, match="share variant and seed"):
+        summarize(cells, ["seed"])
+
+
+def test_learning_curve_mean_is_the_mean_of_seeds(tmp_path):
+    # Seeds log at different steps; seed 300 starts late, so the common range is [10, 100].
+    steps = {100: range(0, 101, 10), 200: range(0, 101, 20), 300: range(10, 101, 10)}
+    exp_dir = make_experiment(tmp_path, steps)
+    curves = learning_curves(exp_dir, VARIABLES)
+    assert {"loss", "diffusion_loss", "vae_kl_loss", "policy_loss", "eval_normalized_score"} <= set(curves)
+
+    offline = curves["diffusion_loss"][curves["diffusion_loss"]["variant"] == "online_training=False"]
+    assert offline["step"].min() == 10 and offline["step"].max() == 100
+    at_step = offline.set_index("step")
+    # Step 20: every seed logged it. Step 30: seed 200 did not, but its values are linear in step.
+    for step in (20, 30):
+        expected = np.mean([0.5 + seed / 1000 - step / 1000 for seed in SEEDS])
+        assert at_step.loc[step, "mean"] == pytest.approx(expected, rel=1e-9)
+        values = [0.5 + seed / 1000 - step / 1000 for seed in SEEDS]
+        half = T_975_DF2 * np.std(values, ddof=1) / math.sqrt(3)
+        assert at_step.loc[step, "ci_high"] - at_step.loc[step, "mean"] == pytest.approx(half, rel=2e-4)
+
+    fig = plot_learning_curve(curves["diffusion_loss"], "diffusion_loss", variant_colors(list(curves["diffusion_loss"]["variant"].unique())))
+    line = fig.axes[0].lines[0]
+    assert np.allclose(line.get_xdata(), offline["step"]) and np.allclose(line.get_ydata(), offline["mean"])
+
+
+@pytest.fixture(scope="module")
+def aggregated(tmp_path_factory):
+    exp_dir = make_experiment(tmp_path_factory.mktemp("exp"))
+    return exp_dir, aggregate_experiment(exp_dir, VARIABLES)
+
+
+def test_aggregate_writes_summary_and_readable_figures(aggregated):
+    import matplotlib.image
+
+    exp_dir, paths = aggregated
+    assert paths["summary_csv"] == exp_dir / "summary.csv" and paths["summary_json"].exists()
+    expected = {"curve_loss.png", "curve_diffusion_loss.png", "curve_vae_kl_loss.png", "curve_policy_loss.png",
+                "curve_eval_normalized_score.png", "final_scores.png", "final_scores.svg",
+                "final_score_by_online_training.png", "final_score_by_online_training.svg",
+                "offline_vs_online.png", "offline_vs_online.svg"}
+    assert expected <= set(paths)
+    for name, path in paths.items():
+        assert path.exists() and path.stat().st_size > 0
+        if name.endswith(".png"):
+            assert path.parent == exp_dir / "figures"
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            pixels = matplotlib.image.imread(path)
+            assert pixels.shape[0] > 300 and pixels.shape[1] > 600
+            assert pixels[..., :3].std() > 0.05  # something was drawn on the white canvas

@@ -1,0 +1,24 @@
+# One job per dataset: its source (generated, D4RL HDF5 or Minari) -> data/processed/<dataset>/.
+
+
+rule prepare_dataset:
+    input:
+        dataset_source,
+    output:
+        episodes=dataset_path("episodes.npz"),
+        metadata=dataset_path("metadata.json"),
+    params:
+        steps=generation("dataset_steps"),
+        action_noise=generation("dataset_action_noise"),
+        seed=generation("dataset_seed"),
+        data_dir=DATA_DIR,
+    log:
+        log_path("prepare_dataset", "dataset"),
+    shell:
+        "{PYTHON} -m diffuser prepare --dataset {wildcards.dataset:q} --steps {params.steps}"
+        " --action-noise {params.action_noise} --seed {params.seed} --data-dir {params.data_dir} > {log:q} 2>&1"
+
+
+rule all_datasets:
+    input:
+        all_dataset_files(),

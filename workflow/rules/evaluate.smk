@@ -1,0 +1,19 @@
+# One evaluation job per cell: the final (EMA) policy over num_eval episodes run together.
+
+
+rule evaluate:
+    input:
+        cell_path("final.pt"),
+    output:
+        cell_path("eval.json"),
+    params:
+        run_dir=run_dir,
+    threads: cell_threads
+    resources:
+        gpu=GPUS_PER_JOB,
+    log:
+        log_path("evaluate", "cell"),
+    benchmark:
+        benchmark_path("evaluate", "cell")
+    shell:
+        "{PYTHON} -m diffuser evaluate --run-dir {params.run_dir:q} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,59 @@
+# One training job per sweep cell. A cell's config.yaml is written by its own small rule whose
+# params are the resolved config and whose input is the cell's settings marker (common.smk), so
+# changing any setting of a cell re-runs exactly that cell.
+#
+# Only final.pt and run.json are declared: Snakemake deletes the declared outputs of a job before
+# it re-runs it, and an interrupted training must keep checkpoints/ and metrics.csv to resume
+# from (`continue_training`, the default). Both exist whenever final.pt does.
+
+
+rule settings_marker:
+    output:
+        f"{RESULTS}/cells/{{marker}}",
+    params:
+        stale=stale_markers,
+    wildcard_constraints:
+        marker=r"(.+/)?\.(settings|spec)-[0-9a-f]{8}",
+    localrule: True
+    shell:
+        "rm -f {params.stale} && touch {output:q}"
+
+
+rule cell_config:
+    input:
+        cell_settings_marker,
+    output:
+        cell_path("config.yaml"),
+    params:
+        config=lambda wildcards: as_json(CELLS[wildcards.cell]),
+    localrule: True
+    shell:
+        "{PYTHON} -m diffuser.config {output:q} {params.config:q}"
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        final=cell_path("final.pt"),
+        run_info=cell_path("run.json"),
+    params:
+        run_dir=run_dir,
+        vae=vae_argument,
+        data_dir=DATA_DIR,
+    threads: cell_threads
+    resources:
+        gpu=GPUS_PER_JOB,
+    log:
+        log_path("train", "cell"),
+    benchmark:
+        benchmark_path("train", "cell")
+    # the log is appended to, so a resumed run keeps the interrupted attempt's output
+    shell:
+        "{PYTHON} -m diffuser train --cell-config {input.config:q} --run-dir {params.run_dir:q} {params.vae}"
+        " --data-dir {params.data_dir} --threads {threads} >> {log:q} 2>&1"
+
+
+rule all_cells:
+    input:
+        all_cell_files(),
