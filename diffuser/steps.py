@@ -91,7 +91,7 @@ def pretrain_vae(config: dict, out: str | os.PathLike, data_dir: str | os.PathLi
                     torch.nn.utils.clip_grad_norm_(vae.parameters(), config["grad_clip"])
                 optimizer.step()
                 for name, value in terms.items():
-                    sums[name] = sums.get(name, 0.0) + float(value)
+                    sums[name] = sums.get(name, 0.0) + value.detach().item()
                 bar.update(1)
                 if step % config["log_freq"] == 0 or step == steps:
                     count = config["log_freq"] if step % config["log_freq"] == 0 else step % config["log_freq"]
@@ -167,15 +167,19 @@ def evaluate(
     checkpoint: str | os.PathLike | None = None,
     num_eval: int | None = None,
     out: str | os.PathLike | None = None,
+    threads: int | None = None,
 ) -> dict:
-    """Evaluate a checkpoint (default: the run's final.pt) with its EMA weights; writes eval.json."""
+    """Evaluate a checkpoint (default: the run's final.pt) with its EMA weights; writes eval.json.
+
+    `threads`: torch CPU threads, instead of the checkpoint config's num_threads.
+    """
     from diffuser.registry import resolve
 
     run_dir = Path(run_dir)
     checkpoint = Path(checkpoint) if checkpoint else run_dir / "final.pt"
     state = load_checkpoint(checkpoint)
     config = state["config"]
-    set_threads(config)
+    set_threads({**config, "num_threads": threads} if threads else config)
     claim = _claim_device(config)
     runner = policy_from_state(state, device=claim.device)
     evaluator = resolve(config["evaluator"])(state["metadata"], num_eval or config["num_eval"], seed=config["seed"])

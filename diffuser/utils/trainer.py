@@ -161,7 +161,8 @@ class Trainer:
 
     def _accumulate(self, metrics: dict) -> None:
         for name, value in metrics.items():
-            self._sums[name] = self._sums.get(name, 0.0) + float(value)
+            value = value.detach().item() if isinstance(value, torch.Tensor) else float(value)
+            self._sums[name] = self._sums.get(name, 0.0) + value
             self._counts[name] = self._counts.get(name, 0) + 1
 
     def _flush_log(self, logger: MetricsLogger, elapsed: float, steps_done: int) -> None:
@@ -212,7 +213,7 @@ class Trainer:
                         now = time.perf_counter()
                         self._flush_log(logger, now - last_log_time, self.step - last_log_step)
                         last_log_time, last_log_step = now, self.step
-                        bar.set_postfix(loss=f"{float(terms['loss']):.4f}")
+                        bar.set_postfix(loss=f"{terms['loss'].item():.4f}")
                     if self.evaluator is not None and self.step % cfg["eval_freq"] == 0:
                         self.evaluate(logger)
                     if self.step % cfg["save_freq"] == 0:
