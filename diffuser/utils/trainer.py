@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +25,20 @@ from diffuser.utils.checkpoint import (
 from diffuser.utils.metrics import MetricsLogger
 from diffuser.utils.policy import PolicyRunner
 from diffuser.utils.progress import progress_bar
+
+
+# Config keys a resumed run may change without changing what it computes (a longer run extends a shorter one).
+RESUMABLE_KEYS = frozenset({
+    "n_train_steps", "eval_freq", "num_eval", "log_freq", "save_freq", "device", "num_threads", "continue_training",
+})
+
+
+def changed_result_keys(saved: dict, current: dict) -> list[str]:
+    """Keys, outside RESUMABLE_KEYS, whose values differ between a checkpoint's config and the current one."""
+    keys = (set(saved) | set(current)) - RESUMABLE_KEYS
+    if "cosine" in (saved.get("lr_schedule"), current.get("lr_schedule")):
+        keys.add("n_train_steps")  # the schedule's length
+    return sorted(key for key in keys if saved.get(key) != current.get(key))
 
 
 class TrainingDiverged(Exception):
@@ -119,7 +134,16 @@ class Trainer:
         path = latest_checkpoint(self.checkpoint_dir)
         if path is None:
             return False
-        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        state = load_checkpoint(path, map_location=self.device)
+        changed = changed_result_keys(state["config"], self.config)
+        if changed:
+            aside = self.checkpoint_dir.with_name(f"checkpoints.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+            self.checkpoint_dir.rename(aside)
+            print(f"warning: the checkpoints in {self.checkpoint_dir} were written with other values of "
+                  f"{', '.join(changed)}; training starts over and the old checkpoints are kept in {aside}.",
+                  file=sys.stderr)
+            return False
+        self.load_state_dict(state)
         return True
 
     # -------------------------------------------------------------------------------------- training
