@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-from pathlib import Path
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -63,7 +61,9 @@ def cmd_train(args) -> None:
 def cmd_evaluate(args) -> None:
     from diffuser import steps
 
-    result = steps.evaluate(args.run_dir, checkpoint=args.checkpoint, num_eval=args.num_eval, out=args.out)
+    result = steps.evaluate(
+        args.run_dir, checkpoint=args.checkpoint, num_eval=args.num_eval, out=args.out, threads=args.threads or None
+    )
     print(json.dumps({k: result[k] for k in ("step", "mean_return", "mean_normalized_score", "success_rate")}))
 
 
@@ -72,16 +72,16 @@ def cmd_aggregate(args) -> None:
     from diffuser.reporting import aggregate_experiment
 
     spec = load_spec(args.spec)
-    paths = aggregate_experiment(args.exp_dir, spec.swept_variables)
+    # only the spec's cells: folders under cells/ left by an earlier spec (a dropped seed) are not counted
+    paths = aggregate_experiment(args.exp_dir, spec.swept_variables, cells=[cell.name for cell in spec.cells()])
     print(f"summary and figures written under {args.exp_dir}: {json.dumps({k: str(v) for k, v in paths.items()})}")
 
 
-def cmd_demo(args) -> None:
-    """Run the whole default pipeline with Snakemake and say where the results are."""
-    root = Path(__file__).resolve().parent.parent
-    cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--rerun-incomplete", "--printshellcmds"]
-    print("running:", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=root, check=True)
+def cmd_demo(args) -> int:
+    """Run the whole default pipeline with Snakemake, write its report and say where the results are."""
+    from diffuser.demo import run_demo
+
+    return run_demo(cores=args.cores)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--num-eval", type=int, default=None)
     p.add_argument("--out", default=None)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (overrides num_threads)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("aggregate", help="summary table and figures of an experiment")
@@ -123,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", required=True)
     p.set_defaults(func=cmd_aggregate)
 
-    p = sub.add_parser("demo", help="run the default pipeline (config/config.yaml) with Snakemake")
-    p.add_argument("--cores", type=int, default=2)
+    p = sub.add_parser("demo", help="run the default pipeline (config/config.yaml) with Snakemake, then its report")
+    p.add_argument("--cores", type=int, default=None, help="CPU cores for all jobs together (default: all)")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -132,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except _user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0

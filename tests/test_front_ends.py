@@ -184,3 +184,47 @@ def test_train_py_trains_one_cell_from_its_config(tmp_path):
     assert (run_dir / "final.pt").exists() and (run_dir / "vae" / "vae.pt").exists()
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["n_train_steps"] == 40
     assert f"results: {run_dir}/" in run.stdout
+
+
+# ------------------------------------------------------------------------------ make demo
+
+
+def test_demo_runs_the_pipeline_and_the_report_then_says_where_everything_is(tmp_path):
+    # `make demo` runs `python -m diffuser demo`, which is diffuser.demo (the checkout's cli.py is the stand-in)
+    checkout = make_checkout(tmp_path / "checkout", TINY_SPEC)
+    results = checkout / "results" / "tiny"
+    first = front_end(checkout, "-m", "diffuser.demo", "--cores", "2")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "--workflow-profile workflow/profiles/default --cores 2" in first.stdout
+    assert (results / "report.html").stat().st_size > 0 and (results / "summary.csv").exists()
+    for line in ("summary: results/tiny/summary.csv", "figures: results/tiny/figures/", "report:  results/tiny/report.html"):
+        assert line in first.stdout
+    report = (results / "report.html").read_text(errors="replace")
+    assert "final_scores.png" in report and "spec.yaml" in report and "summary.csv" in report
+    table = first.stdout.split("Final normalized score", 1)[1]
+    assert "online_training~False" in table and "50.0   [49.0, 51.0]" in table
+
+    trained = (cell_dir(checkout, "online_training~False") / "final.pt").stat().st_mtime_ns
+    second = front_end(checkout, "-m", "diffuser.demo", "--cores", "2")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "Nothing to be done" in second.stdout + second.stderr
+    assert (cell_dir(checkout, "online_training~False") / "final.pt").stat().st_mtime_ns == trained
+    assert "report:  results/tiny/report.html" in second.stdout and "online_training~True" in second.stdout
+
+
+def test_demo_gives_each_job_its_own_gpu_when_the_pool_has_some():
+    from diffuser.demo import snakemake_commands
+
+    exp_dir = ROOT / "results" / "maze2d-umaze-demo"
+    run, report = snakemake_commands(exp_dir, cores=8, gpus=2)
+    assert run[run.index("--cores") + 1] == "8" and run[run.index("--resources") + 1] == "gpu=2"
+    assert report[-2:] == ["--report", "results/maze2d-umaze-demo/report.html"]
+    assert "--resources" not in snakemake_commands(exp_dir, cores=2, gpus=0)[0]
+
+
+def test_every_step_that_runs_torch_takes_threads():
+    from diffuser.cli import build_parser
+
+    for step in (["pretrain", "--cell-config", "c", "--out", "o"], ["train", "--cell-config", "c", "--run-dir", "r"],
+                 ["evaluate", "--run-dir", "r"]):
+        assert build_parser().parse_args([*step, "--threads", "3"]).threads == 3

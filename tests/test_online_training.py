@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import PYTHON, ROOT, python_env
+from test_training import TINY
+
 from diffuser import steps
 from diffuser.config import load_cell_config
 from diffuser.envs.make import EnvironmentUnavailable
 from diffuser.utils.checkpoint import latest_checkpoint, load_checkpoint
 from diffuser.utils.online_trainer import OnlineRLTrainer, collection_steps, gae_advantages
-from test_training import TINY
 
 ONLINE = {**TINY, "online_training": True, "rl_warmup_steps": 30, "rl_collect_freq": 20, "rl_collect_steps": 7,
           "rl_update_freq": 5, "save_freq": 1000}

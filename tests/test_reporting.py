@@ -164,3 +164,51 @@ def test_aggregate_writes_summary_and_readable_figures(aggregated):
             pixels = matplotlib.image.imread(path)
             assert pixels.shape[0] > 300 and pixels.shape[1] > 600
             assert pixels[..., :3].std() > 0.05  # something was drawn on the white canvas
+
+
+def test_only_the_given_cells_are_summarized_and_drawn(tmp_path):
+    # cells/ still holds seed 300 and a cell of another sweep from an earlier spec
+    exp_dir = make_experiment(tmp_path / "exp")
+    stale = write_cell(exp_dir, True, 999, 0.0, range(0, 101, 10))
+    (stale.parent.parent / "extra_cell").mkdir()
+    (stale.parent.parent / "extra_cell" / "eval.json").write_text("not json")
+    figures = exp_dir / "figures"
+    figures.mkdir()
+    (figures / "final_score_by_vae_kl_weight.png").write_bytes(b"an earlier spec's figure")
+    current = [f"online_training~{online}/seed~{seed}" for online in (False, True) for seed in (100, 200)]
+    paths = aggregate_experiment(exp_dir, VARIABLES, cells=current)
+    summary = pd.read_csv(paths["summary_csv"])
+    assert list(summary["n_seeds"]) == [2, 2] and list(summary["seeds"]) == ["100 200", "100 200"]
+    assert summary.set_index("variant").loc["online_training=True", "mean"] == pytest.approx(72.5)
+    assert not (figures / "final_score_by_vae_kl_weight.png").exists()  # not drawn by this spec
+    assert (figures / "final_scores.png").exists()
+
+
+def test_a_cell_of_the_spec_without_results_is_named(tmp_path):
+    exp_dir = make_experiment(tmp_path / "exp")
+    with pytest.raises(ReportError, match=r"cell online_training~True/seed~400 has no eval.json"):
+        collect_cells(exp_dir, VARIABLES, cells=["online_training~True/seed~300", "online_training~True/seed~400"])
+
+
+def test_aggregate_command_reads_the_cells_of_its_spec_only(tmp_path):
+    import subprocess
+
+    from conftest import PYTHON, python_env
+
+    exp_dir = make_experiment(tmp_path / "exp")  # seeds 100, 200, 300
+    write_cell(exp_dir, False, 999, -50.0, range(0, 101, 10))  # left by an earlier spec
+    spec = {
+        "meta_data": {"exp_name": "exp"},
+        "constants": {"n_train_steps": 100, "rl_warmup_steps": 40},
+        "variables": {"online_training": [False, True], "seed": [100, 200]},
+    }
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    run = subprocess.run(
+        [PYTHON, "-m", "diffuser", "aggregate", "--exp-dir", str(exp_dir), "--spec", str(tmp_path / "spec.yaml")],
+        env={**python_env(), "MPLBACKEND": "Agg"}, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = pd.read_csv(exp_dir / "summary.csv").set_index("variant")
+    assert summary["seeds"].tolist() == ["100 200", "100 200"]
+    assert summary.loc["online_training=False", "mean"] == pytest.approx(45.0)
+    assert json.loads((exp_dir / "summary.json").read_text())["online_training=False"]["n_seeds"] == 2

@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 import yaml
-
 from conftest import PYTHON, ROOT, python_env
+
 from diffuser.config import load_cell_config
 from diffuser.utils.checkpoint import latest_checkpoint, load_checkpoint
 from diffuser.utils.trainer import TrainingDiverged

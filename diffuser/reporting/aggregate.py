@@ -192,14 +192,19 @@ def _read_eval(exp_dir: str | os.PathLike, cell: str) -> dict:
     return result
 
 
-def collect_cells(exp_dir: str | os.PathLike, variables: list[str] | None = None) -> pd.DataFrame:
+def collect_cells(exp_dir: str | os.PathLike, variables: list[str] | None = None,
+                  cells: list[str] | None = None) -> pd.DataFrame:
     """One row per cell: `cell`, each variable's value, and the final evaluation's results.
 
-    The variables are the given names plus those the cell paths name; each value is taken from the
-    cell's config.yaml (typed), else from its path. Result columns: normalized_score, return,
-    success_rate, eval_step, num_episodes.
+    `cells`: the cell paths to read (an experiment spec's cells, so folders left from an earlier
+    spec are ignored); None reads every cell found under `exp_dir/cells`. The variables are the
+    given names plus those the cell paths name; each value is taken from the cell's config.yaml
+    (typed), else from its path. Result columns: normalized_score, return, success_rate, eval_step,
+    num_episodes.
     """
-    cells = find_cells(exp_dir)
+    cells = find_cells(exp_dir) if cells is None else sorted(cells)
+    if not cells:
+        raise ReportError("the experiment has no cells to summarize: check its spec.")
     names = list(variables or [])
     for cell in cells:
         names += [name for name in path_variables(cell) if name not in names]
@@ -307,13 +312,14 @@ def _finite_or_none(value: float):
     return float(value) if math.isfinite(value) else None
 
 
-def write_summary(exp_dir: str | os.PathLike, variables: list[str], replicate: str = "seed") -> Path:
+def write_summary(exp_dir: str | os.PathLike, variables: list[str], replicate: str = "seed",
+                  cells: list[str] | None = None) -> Path:
     """Writes `exp_dir/summary.csv` and `exp_dir/summary.json` (DVC metrics: mean score per variant).
 
-    Returns the path of summary.csv.
+    `cells` as in `collect_cells`. Returns the path of summary.csv.
     """
     exp_dir = Path(exp_dir)
-    summary = summarize(collect_cells(exp_dir, variables), variables, replicate)
+    summary = summarize(collect_cells(exp_dir, variables, cells), variables, replicate)
     csv_path, json_path = exp_dir / "summary.csv", exp_dir / "summary.json"
     summary.to_csv(csv_path, index=False)
     metrics = {

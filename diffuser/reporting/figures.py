@@ -338,18 +338,20 @@ def _warmup_step(exp_dir, cells: pd.DataFrame) -> float | None:
 
 
 def make_figures(
-    exp_dir: str | os.PathLike, variables: list[str], out_dir: str | os.PathLike, replicate: str = "seed"
+    exp_dir: str | os.PathLike, variables: list[str], out_dir: str | os.PathLike, replicate: str = "seed",
+    cells: list[str] | None = None,
 ) -> list[Path]:
     """Writes every figure of the experiment to `out_dir` and returns their paths.
 
     Files: curve_<metric>.png per training term and the evaluation score; final_scores.{png,svg};
     final_score_by_<variable>.{png,svg} per swept variable other than the replicate; and
-    offline_vs_online.{png,svg} when online_training is swept.
+    offline_vs_online.{png,svg} when online_training is swept. `cells`: the cell paths to draw
+    (see collect_cells; None: every cell under `exp_dir/cells`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     group_by = variant_variables(variables, replicate)
-    cells = label_variants(collect_cells(exp_dir, variables), variables, replicate)
+    cells = label_variants(collect_cells(exp_dir, variables, cells), variables, replicate)
     colors = variant_colors(list(dict.fromkeys(cells["variant"])))
     written = []
 

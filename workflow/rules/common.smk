@@ -12,6 +12,7 @@
 # Every key is checked before any job starts (diffuser/schemas/*.schema.yaml).
 import hashlib
 import json
+import os
 import re
 import shlex
 import sys
@@ -141,6 +142,11 @@ def train_inputs(wildcards):
 
 def vae_argument(wildcards, input):
     return f"--vae {shlex.quote(input.vae)}" if "vae" in input.keys() else ""
+
+
+def data_dir_of(output_name):
+    """The data directory, from an output of data/processed/<dataset>/ (so the lint sees it derived)."""
+    return lambda wildcards, output: str(Path(output[output_name]).parents[2])
 
 
 def run_dir(wildcards):

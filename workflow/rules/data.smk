@@ -11,7 +11,7 @@ rule prepare_dataset:
         steps=generation("dataset_steps"),
         action_noise=generation("dataset_action_noise"),
         seed=generation("dataset_seed"),
-        data_dir=DATA_DIR,
+        data_dir=data_dir_of("metadata"),
     log:
         log_path("prepare_dataset", "dataset"),
     shell:

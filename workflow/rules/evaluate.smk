@@ -16,4 +16,4 @@ rule evaluate:
     benchmark:
         benchmark_path("evaluate", "cell")
     shell:
-        "{PYTHON} -m diffuser evaluate --run-dir {params.run_dir:q} --out {output:q} > {log:q} 2>&1"
+        "{PYTHON} -m diffuser evaluate --run-dir {params.run_dir:q} --out {output:q} --threads {threads} > {log:q} 2>&1"

@@ -9,8 +9,10 @@ rule vae_config:
     params:
         config=lambda wildcards: as_json(VAES[wildcards.vae]),
     localrule: True
+    log:
+        log_path("vae_config", "vae"),
     shell:
-        "{PYTHON} -m diffuser.config {output:q} {params.config:q}"
+        "{PYTHON} -m diffuser.config {output:q} {params.config:q} > {log:q} 2>&1"
 
 
 rule pretrain_vae:

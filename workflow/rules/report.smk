@@ -1,4 +1,9 @@
 # One summary per experiment: the score table over seeds and the figures, from every cell.
+# `snakemake --report results/<exp>/report.html` (make demo does it) collects the score table, the
+# figures and the resolved spec into one HTML file.
+import mimetypes
+
+mimetypes.add_type("text/plain", ".yaml")  # shown as text in the report (Python knows no type for it)
 
 
 report: "../report/workflow.rst"
@@ -8,12 +13,14 @@ rule resolved_spec:
     input:
         SPEC_MARKER,
     output:
-        f"{RESULTS}/spec.yaml",
+        report(f"{RESULTS}/spec.yaml", caption="../report/spec.rst", category="Config"),
     params:
         spec=as_json(SPEC.as_dict()),
     localrule: True
+    log:
+        f"{LOGS}/resolved_spec.log",
     shell:
-        "{PYTHON} -m diffuser.config {output:q} {params.spec:q}"
+        "{PYTHON} -m diffuser.config {output:q} {params.spec:q} > {log:q} 2>&1"
 
 
 rule aggregate:
@@ -31,7 +38,7 @@ rule aggregate:
             category="Figures",
         ),
     params:
-        exp_dir=RESULTS,
+        exp_dir=lambda wildcards, output: os.path.dirname(output.summary),
     log:
         f"{LOGS}/aggregate.log",
     shell:

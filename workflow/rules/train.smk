@@ -15,8 +15,10 @@ rule settings_marker:
     wildcard_constraints:
         marker=r"(.+/)?\.(settings|spec)-[0-9a-f]{8}",
     localrule: True
+    log:
+        log_path("settings_marker", "marker"),
     shell:
-        "rm -f {params.stale} && touch {output:q}"
+        "(rm -f {params.stale} && touch {output:q}) > {log:q} 2>&1"
 
 
 rule cell_config:
@@ -27,8 +29,10 @@ rule cell_config:
     params:
         config=lambda wildcards: as_json(CELLS[wildcards.cell]),
     localrule: True
+    log:
+        log_path("cell_config", "cell"),
     shell:
-        "{PYTHON} -m diffuser.config {output:q} {params.config:q}"
+        "{PYTHON} -m diffuser.config {output:q} {params.config:q} > {log:q} 2>&1"
 
 
 rule train:

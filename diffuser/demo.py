@@ -1,0 +1,126 @@
+"""`make demo` / `python -m diffuser demo`: the default pipeline end to end, then where its results are.
+
+1. `snakemake --workflow-profile workflow/profiles/default --cores N` runs config/config.yaml
+   (with `--resources gpu=G` when the GPU pool lists G GPUs, so each job gets its own);
+2. `snakemake --report results/<exp>/report.html` writes the HTML report (figures, score table,
+   resolved spec);
+3. prints where the summary, the figures and the report are, and the final score table.
+
+Safe to run again: Snakemake finds nothing to redo, the report is rewritten, the paths and the
+table are printed again. Run from anywhere; it works in the checkout that holds this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SPEC = "config/config.yaml"
+PROFILE = "workflow/profiles/default"
+REPORT_NAME = "report.html"
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it, else absolute."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _gpu_count() -> int:
+    from diffuser.utils.gpu_pool import pool_ids
+
+    try:
+        return len(pool_ids())
+    except Exception:  # noqa: BLE001 - no usable nvidia-smi: run on the CPU
+        return 0
+
+
+def snakemake_commands(exp_dir: Path, cores: int, gpus: int) -> tuple[list[str], list[str]]:
+    """(the run, the report) commands, both run in the checkout."""
+    base = [sys.executable, "-m", "snakemake", "--workflow-profile", PROFILE]
+    run = [*base, "--cores", str(cores)]
+    if gpus:
+        run += ["--resources", f"gpu={gpus}"]
+    report = [*base, "--report", str(exp_dir.relative_to(ROOT) / REPORT_NAME)]
+    return run, report
+
+
+def _number(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
+
+
+def score_table(summary_csv: Path) -> str:
+    """The summary as a small text table: variant, seeds, mean and 95% CI of the normalized score."""
+    import pandas as pd
+
+    summary = pd.read_csv(summary_csv)
+    if not {"variant", "mean", "ci95_low", "ci95_high"} <= set(summary.columns):
+        return summary.to_string(index=False)
+    width = max(len("variant"), *(len(str(v)) for v in summary["variant"]))
+    lines = [f"  {'variant':<{width}}  seeds   mean   95% CI"]
+    for row in summary.itertuples():
+        seeds = getattr(row, "n_seeds", "")
+        interval = (
+            "(1 seed)" if math.isnan(row.ci95_low) else f"[{_number(row.ci95_low)}, {_number(row.ci95_high)}]"
+        )
+        lines.append(f"  {row.variant:<{width}}  {seeds!s:>5}  {_number(row.mean):>5}   {interval}")
+    return "\n".join(lines)
+
+
+def run_demo(cores: int | None = None, root: Path = ROOT) -> int:
+    """Runs the pipeline and the report in `root`; returns the exit status (0: everything done)."""
+    from diffuser.config import load_spec
+
+    spec = load_spec(root / DEFAULT_SPEC)
+    exp_dir = root / "results" / spec.exp_name
+    cores = cores or os.cpu_count() or 1
+    gpus = _gpu_count()
+    run, report = snakemake_commands(exp_dir, cores, gpus)
+    env = dict(os.environ)
+    env.setdefault("MPLBACKEND", "Agg")
+    device = f"{gpus} GPU(s)" if gpus else "CPU"
+    print(f"demo: experiment {spec.exp_name} ({len(spec.cells())} cells, {DEFAULT_SPEC}) on {device}, {cores} cores",
+          flush=True)
+    print("running:", " ".join(run), flush=True)
+    code = subprocess.run(run, cwd=root, env=env).returncode
+    if code != 0:
+        print(f"\ndemo: snakemake stopped with exit status {code}; the logs of the failed jobs are under "
+              f"{_shown(root / 'logs' / spec.exp_name)}/. Run `make demo` again to continue where it stopped.",
+              file=sys.stderr)
+        return code
+    print("running:", " ".join(report), flush=True)
+    code = subprocess.run(report, cwd=root, env=env).returncode
+    if code != 0:
+        print(f"\ndemo: the pipeline finished but `snakemake --report` failed (exit status {code}).", file=sys.stderr)
+        return code
+
+    summary, figures = exp_dir / "summary.csv", exp_dir / "figures"
+    count = len([p for p in figures.iterdir() if p.suffix in (".png", ".svg")]) if figures.is_dir() else 0
+    print(f"\ndemo finished: experiment {spec.exp_name}")
+    print(f"  summary: {_shown(summary)}   (one row per variant: mean and 95% CI over seeds)")
+    print(f"  figures: {_shown(figures)}/   ({count} files: learning curves, final scores, offline vs online)")
+    print(f"  report:  {_shown(exp_dir / REPORT_NAME)}   (open it in a browser)")
+    print(f"  cells:   {_shown(exp_dir / 'cells')}/<cell>/   (config.yaml, metrics.csv, run.json, eval.json)")
+    print(f"  logs:    {_shown(root / 'logs' / spec.exp_name)}/")
+    print("\nFinal normalized score, mean over seeds (0 = a random policy, 100 = the reference expert):")
+    print(score_table(summary))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m diffuser.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cores", type=int, default=None, help="CPU cores for all jobs together (default: all)")
+    args = parser.parse_args(argv)
+    return run_demo(cores=args.cores)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
