@@ -143,14 +143,17 @@ class GaussianDiffusion(nn.Module):
         return x
 
     # -------------------------------------------------------------------- the chain as a policy
-    def step_stds(self, n_sampling_steps: int, min_std: float, eta: float = 1.0) -> torch.Tensor:
-        """[S] std of each transition of the chain policy: the DDIM sigma, floored at `min_std`."""
+    def step_stds(self, n_sampling_steps: int, min_std: float, eta: float = 1.0, std_scale=1.0) -> torch.Tensor:
+        """[S] std of each transition of the chain policy: the DDIM sigma, floored at `min_std`, times
+        `std_scale` (a float, or a learnable scalar tensor: the exploration an entropy bonus can widen)."""
         alpha_bars, alpha_bars_prev = self._alpha_bars(self.sampling_timesteps(n_sampling_steps))
-        return self.ddim_sigma(alpha_bars, alpha_bars_prev, eta).clamp(min=min_std)
+        return self.ddim_sigma(alpha_bars, alpha_bars_prev, eta).clamp(min=min_std) * std_scale
 
-    def step_entropies(self, latent_dim: int, n_sampling_steps: int, min_std: float, eta: float = 1.0) -> torch.Tensor:
+    def step_entropies(
+        self, latent_dim: int, n_sampling_steps: int, min_std: float, eta: float = 1.0, std_scale=1.0
+    ) -> torch.Tensor:
         """[S] entropy (nats) of each transition's Gaussian; their sum is the chain's entropy given x_T."""
-        return latent_dim * (HALF_LOG_2PI_E + self.step_stds(n_sampling_steps, min_std, eta).log())
+        return latent_dim * (HALF_LOG_2PI_E + self.step_stds(n_sampling_steps, min_std, eta, std_scale).log())
 
     def _chain_means(self, denoiser, cond, states, timesteps, eta, clip) -> torch.Tensor:
         """[B, S, D] means of x_{j-1} for the states x_j [B, S, D] at the S sub-sequence timesteps, in one network call."""
@@ -173,6 +176,7 @@ class GaussianDiffusion(nn.Module):
         eta: float = 1.0,
         clip: float | None = None,
         generator: torch.Generator | None = None,
+        std_scale=1.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A stochastic pass: (chain [B, S+1, D] = x_T, ..., x_0; its log-probability [B]), without gradients.
 
@@ -182,7 +186,8 @@ class GaussianDiffusion(nn.Module):
         device = cond.device
         timesteps = self.sampling_timesteps(n_sampling_steps)
         alpha_bars, alpha_bars_prev = self._alpha_bars(timesteps)
-        stds = self.step_stds(n_sampling_steps, min_std, eta)
+        with torch.no_grad():
+            stds = self.step_stds(n_sampling_steps, min_std, eta, std_scale)
         x = torch.randn(shape, generator=generator, device=device)
         chain = [x]
         log_prob = torch.zeros(shape[0], device=device)
@@ -206,13 +211,14 @@ class GaussianDiffusion(nn.Module):
         eta: float = 1.0,
         clip: float | None = None,
         per_step: bool = False,
+        std_scale=1.0,
     ) -> torch.Tensor:
         """[B] sum over the S transitions of log N(x_{j-1}; mean(x_j), std_j^2), or [B, S] with `per_step`
         (for ratios per denoising step, as DPPO takes them); differentiable in the denoiser."""
         batch, n_states, dim = chain.shape
         n_steps = n_states - 1
         timesteps = self.sampling_timesteps(n_steps)
-        stds = self.step_stds(n_steps, min_std, eta)  # [S]
+        stds = self.step_stds(n_steps, min_std, eta, std_scale)  # [S]
         means = self._chain_means(denoiser, cond, chain[:, :-1], timesteps, eta, clip)
         z = (chain[:, 1:] - means) / stds[None, :, None]
         log_probs = -0.5 * (z**2).sum(-1) - dim * (HALF_LOG_2PI + stds.log())[None]  # [B, S]

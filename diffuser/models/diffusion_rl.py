@@ -26,6 +26,9 @@ from diffuser.models.vae import ActionVAE
 # The chain policy used for policy-gradient fine-tuning injects the DDPM posterior noise (eta = 1),
 # floored at min_policy_std, as DPPO does.
 CHAIN_ETA = 1.0
+# The chain policy's stds are scaled by exp(chain_log_std), learned by the RL update only (the entropy
+# bonus widens it, the policy gradient narrows it), kept within [1, e^2] times the floored stds.
+CHAIN_LOG_STD_RANGE = (0.0, 2.0)
 
 
 class DiffusionRL(nn.Module):
@@ -51,6 +54,7 @@ class DiffusionRL(nn.Module):
                                        config["denoiser_blocks"])
         self.diffusion = GaussianDiffusion(config["n_diffusion_steps"], config["beta_schedule"])
         self.diffusion.sampling_timesteps(self.n_sampling_steps)  # rejects an impossible step count now
+        self.chain_log_std = nn.Parameter(torch.zeros(()))  # trained by the online RL update only
         self.critic = None
         if config["use_value_function"]:
             self.critic = IQLCritic(obs_dim, self.latent_dim, hidden, config["expectile"], config["discount"],
@@ -127,15 +131,20 @@ class DiffusionRL(nn.Module):
         """(chain [N, S+1, latent_dim] from x_T to x_0, its log-probability [N]) for the condition [N, C]."""
         return self.diffusion.sample_chain(self.denoiser, cond, (cond.shape[0], self.latent_dim),
                                            self.n_sampling_steps, self.min_policy_std, eta=CHAIN_ETA,
-                                           clip=self.clip, generator=generator)
+                                           clip=self.clip, generator=generator, std_scale=self.chain_std_scale())
+
+    def chain_std_scale(self) -> torch.Tensor:
+        """exp(chain_log_std) within CHAIN_LOG_STD_RANGE: the factor on every chain-policy std."""
+        return self.chain_log_std.clamp(*CHAIN_LOG_STD_RANGE).exp()
 
     def latent_chain_log_prob(self, cond: torch.Tensor, chain: torch.Tensor, per_step: bool = False) -> torch.Tensor:
         """[N] (or [N, S] per step) log-probability of `chain` under the current denoiser; differentiable,
         and through `cond` also in the trajectory encoder when cond was built with gradients."""
         return self.diffusion.chain_log_prob(self.denoiser, cond, chain, self.min_policy_std, eta=CHAIN_ETA,
-                                             clip=self.clip, per_step=per_step)
+                                             clip=self.clip, per_step=per_step, std_scale=self.chain_std_scale())
 
     def chain_entropy(self) -> torch.Tensor:
-        """Entropy (nats) of the chain policy's transitions given x_T, summed over the S steps."""
+        """Entropy (nats) of the chain policy's transitions given x_T, summed over the S steps;
+        differentiable in `chain_log_std`."""
         return self.diffusion.step_entropies(self.latent_dim, self.n_sampling_steps, self.min_policy_std,
-                                             CHAIN_ETA).sum()
+                                             CHAIN_ETA, self.chain_std_scale()).sum()

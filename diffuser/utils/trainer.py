@@ -26,7 +26,6 @@ from diffuser.utils.metrics import MetricsLogger
 from diffuser.utils.policy import PolicyRunner
 from diffuser.utils.progress import progress_bar
 
-
 # Config keys a resumed run may change without changing what it computes (a longer run extends a shorter one).
 RESUMABLE_KEYS = frozenset({
     "n_train_steps", "eval_freq", "num_eval", "log_freq", "save_freq", "device", "num_threads", "continue_training",
