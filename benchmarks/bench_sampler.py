@@ -5,11 +5,14 @@ normalized numpy arrays with Python code and a DataLoader (batch 256, shuffled, 
 them. Both run on the same synthetic dataset of 100k steps, H = 4 and K = 4 (and K = 1); before timing,
 the benchmark checks that both build identical items for the same indices.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_sampler.py
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_sampler.py [--quick]
+
+`--quick` (for `make bench` and the tests): 20k steps, 2 repeats, a fifth of the batches.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
@@ -21,39 +24,42 @@ from diffuser.datasets.episodes import compute_stats
 from diffuser.datasets.sequence import VAESequenceDataset
 
 N_STEPS = 100_000
+QUICK_N_STEPS = 20_000
 OBS_DIM, ACTION_DIM = 6, 2
 MAX_EPISODE_LENGTH = 600
 HISTORY_HORIZON = 4
 ACTION_HORIZONS = (4, 1)
 BATCH_SIZE = 256
 REPEATS = 5
+QUICK_REPEATS = 2
+QUICK_BATCH_FRACTION = 5  # --quick times a fifth of the batches
 LOADER_BATCHES = 100  # per repeat, within one epoch (~390 batches)
 SAMPLER_BATCHES = 2000
 DISCOUNT = 0.99
 
 
-def synthetic_dataset(seed: int = 0) -> tuple[dict, dict]:
+def synthetic_dataset(n_steps: int = N_STEPS, seed: int = 0) -> tuple[dict, dict]:
     """(arrays, metadata) in the processed format: episodes of 1 .. MAX_EPISODE_LENGTH steps, half terminal."""
     rng = np.random.default_rng(seed)
     lengths = []
-    while sum(lengths) < N_STEPS:
+    while sum(lengths) < n_steps:
         lengths.append(int(rng.integers(1, MAX_EPISODE_LENGTH + 1)))
-    lengths[-1] -= sum(lengths) - N_STEPS
+    lengths[-1] -= sum(lengths) - n_steps
     lengths = np.array(lengths, dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     last_steps = starts + lengths - 1
     ends_in_terminal = rng.random(len(lengths)) < 0.5
-    terminals = np.zeros(N_STEPS, dtype=bool)
-    timeouts = np.zeros(N_STEPS, dtype=bool)
+    terminals = np.zeros(n_steps, dtype=bool)
+    timeouts = np.zeros(n_steps, dtype=bool)
     terminals[last_steps[ends_in_terminal]] = True
     timeouts[last_steps[~ends_in_terminal]] = True
     arrays = {
-        "observations": rng.normal(size=(N_STEPS, OBS_DIM)).astype(np.float32),
-        "actions": rng.uniform(-1.0, 1.0, size=(N_STEPS, ACTION_DIM)).astype(np.float32),
-        "rewards": rng.normal(size=N_STEPS).astype(np.float32),
+        "observations": rng.normal(size=(n_steps, OBS_DIM)).astype(np.float32),
+        "actions": rng.uniform(-1.0, 1.0, size=(n_steps, ACTION_DIM)).astype(np.float32),
+        "rewards": rng.normal(size=n_steps).astype(np.float32),
         "terminals": terminals,
         "timeouts": timeouts,
-        "next_observations": rng.normal(size=(N_STEPS, OBS_DIM)).astype(np.float32),
+        "next_observations": rng.normal(size=(n_steps, OBS_DIM)).astype(np.float32),
         "episode_starts": starts,
         "episode_lengths": lengths,
     }
@@ -130,7 +136,8 @@ def batches_per_second(draw_batch, n_batches: int) -> float:
     return n_batches / (time.perf_counter() - begin)
 
 
-def measure(arrays: dict, metadata: dict, action_horizon: int) -> tuple[float, float]:
+def measure(arrays: dict, metadata: dict, action_horizon: int, repeats: int = REPEATS,
+            loader_batches: int = LOADER_BATCHES, sampler_batches: int = SAMPLER_BATCHES) -> tuple[float, float]:
     sampler = VAESequenceDataset(
         (arrays, metadata), history_horizon=HISTORY_HORIZON, action_horizon=action_horizon, discount=DISCOUNT
     )
@@ -147,28 +154,37 @@ def measure(arrays: dict, metadata: dict, action_horizon: int) -> tuple[float, f
         generator=torch.Generator().manual_seed(0),
     )
     loader_rates, sampler_rates = [], []
-    for _ in range(REPEATS):
-        loader_rates.append(batches_per_second(iter(loader).__next__, LOADER_BATCHES))
+    for _ in range(repeats):
+        loader_rates.append(batches_per_second(iter(loader).__next__, loader_batches))
         sampler_rates.append(
-            batches_per_second(lambda: sampler.sample(BATCH_SIZE, generator), SAMPLER_BATCHES)
+            batches_per_second(lambda: sampler.sample(BATCH_SIZE, generator), sampler_batches)
         )
     return statistics.median(loader_rates), statistics.median(sampler_rates)
 
 
-def main() -> None:
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller dataset, fewer repeats and batches")
+    args = parser.parse_args(argv)
+    n_steps, repeats, fraction = (QUICK_N_STEPS, QUICK_REPEATS, QUICK_BATCH_FRACTION) if args.quick else (N_STEPS, REPEATS, 1)
     torch.set_num_threads(1)
-    arrays, metadata = synthetic_dataset()
+    arrays, metadata = synthetic_dataset(n_steps)
     print(
-        f"{N_STEPS} steps, {len(arrays['episode_lengths'])} episodes, batch {BATCH_SIZE}, "
-        f"history_horizon {HISTORY_HORIZON}, median of {REPEATS} repeats, 1 torch thread"
+        f"{n_steps} steps, {len(arrays['episode_lengths'])} episodes, batch {BATCH_SIZE}, "
+        f"history_horizon {HISTORY_HORIZON}, median of {repeats} repeats, 1 torch thread"
     )
     print(f"{'K':>3} {'DataLoader batches/s':>22} {'sample() batches/s':>20} {'ratio':>8}")
+    rows = []
     for action_horizon in ACTION_HORIZONS:
-        loader_rate, sampler_rate = measure(arrays, metadata, action_horizon)
+        loader_rate, sampler_rate = measure(arrays, metadata, action_horizon, repeats,
+                                            LOADER_BATCHES // fraction, SAMPLER_BATCHES // fraction)
         print(
             f"{action_horizon:>3} {loader_rate:>22.1f} {sampler_rate:>20.1f} {sampler_rate / loader_rate:>7.1f}x"
         )
+        rows.append({"action_horizon": action_horizon, "loader_batches_per_second": loader_rate,
+                     "sampler_batches_per_second": sampler_rate, "ratio": sampler_rate / loader_rate})
     print("items identical for the same indices: yes")
+    return rows
 
 
 if __name__ == "__main__":
