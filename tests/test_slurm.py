@@ -50,6 +50,7 @@ class Sweep:
     timeout: float  # seconds for one snakemake run
     env: dict = field(default_factory=dict)
     local_rules: set[str] | None = None  # the rules meant to run on the submitting host; None: as declared
+    args: tuple[str, ...] = ()  # more snakemake arguments, for both runs
 
 
 # ---------------------------------------------------------------- interpreter with the plugin
@@ -240,6 +241,15 @@ CHECKOUT_LEFT_OUT = (
 )
 
 
+# The default spec's 4 cells (offline and online, 2 seeds), shrunk so each job takes seconds.
+PROJECT_TINY_CONFIG = (
+    "--config", "dataset_steps=3000", "vae_pretrain_steps=20", "n_train_steps=60", "hidden_dim=32",
+    "vae_latent_dim=4", "trajectory_latent_dim=16", "batch_size=16", "n_diffusion_steps=10", "n_sampling_steps=3",
+    "n_action_samples=2", "log_freq=10", "save_freq=30", "eval_freq=1000", "num_eval=2", "rl_warmup_steps=20",
+    "rl_collect_freq=20", "rl_collect_steps=10", "rl_update_freq=10",
+)
+
+
 @pytest.fixture
 def project_sweep(tmp_path, snakemake_python) -> Sweep:
     """The project's Snakefile, rules and default config, run in a copy of the checkout."""
@@ -252,7 +262,7 @@ def project_sweep(tmp_path, snakemake_python) -> Sweep:
     shutil.copytree(ROOT, checkout, ignore=shutil.ignore_patterns(*CHECKOUT_LEFT_OUT))
     # one thread everywhere, so a cell trains the same whether SLURM or the local scheduler runs it
     env = {"PYTHONPATH": str(checkout), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return Sweep(directory=checkout, results=evaluation_results, timeout=1200, env=env)
+    return Sweep(directory=checkout, results=evaluation_results, timeout=600, env=env, args=PROJECT_TINY_CONFIG)
 
 
 @pytest.fixture(params=["tiny", pytest.param("project", marks=pytest.mark.slow)])
@@ -266,7 +276,7 @@ def sweep(request) -> Sweep:
 def run_snakemake(python: str, sweep: Sweep, env: dict, *args: str) -> subprocess.CompletedProcess:
     path = f"{Path(python).parent}{os.pathsep}{env.get('PATH', '')}"
     return subprocess.run(
-        [python, "-m", "snakemake", "--nocolor", *args],
+        [python, "-m", "snakemake", "--nocolor", *args, *sweep.args],
         cwd=sweep.directory,
         env={**env, **sweep.env, "PATH": path},
         capture_output=True,
