@@ -144,3 +144,55 @@ def test_policy_gradient_step_moves_the_chain_likelihood_with_the_advantage(adva
         after = diffusion.chain_log_prob(denoiser, cond, chain, 0.1)
     change = (after - before).mean().item()
     assert change * advantage > 0, f"mean log-likelihood change {change:.5f} for advantage {advantage}"
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v"])
+def test_every_prediction_implies_the_true_clean_sample_and_noise(prediction):
+    """A denoiser that outputs exactly its training target lets predict_x0 recover x_0 and the noise."""
+    torch.manual_seed(0)
+    diffusion = GaussianDiffusion(20, "cosine", prediction)
+    x0, noise = torch.randn(64, 3), torch.randn(64, 3)
+    timesteps = torch.randint(0, 20, (64,))
+    alpha_bar = diffusion.alphas_cumprod[timesteps][:, None]
+    x_t = diffusion.q_sample(x0, timesteps, noise)
+    target = {"epsilon": noise, "sample": x0, "v": alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0}[prediction]
+
+    def oracle(x, t, cond):
+        return target
+
+    torch.manual_seed(1)
+    # training_loss draws its own timesteps and noise; with the oracle's fixed target the loss is zero
+    # only when the target is built the same way, checked through predict_x0 instead:
+    got_x0, got_eps = diffusion.predict_x0(oracle, x_t, timesteps, alpha_bar, None, clip=None)
+    torch.testing.assert_close(got_x0, x0, rtol=1e-3, atol=2e-3)
+    torch.testing.assert_close(got_eps, noise, rtol=1e-3, atol=2e-3)
+
+
+def test_unknown_prediction_is_rejected():
+    with pytest.raises(ValueError, match="prediction"):
+        GaussianDiffusion(20, "cosine", "score")
+
+
+def test_clean_sample_prediction_finds_the_conditional_mean_at_temperature_zero():
+    """What DiffusionRL acts with: after the same short training on a unimodal law, the deterministic path
+    from x_T = 0 lands near the conditional mean with "sample" prediction, and much farther with "epsilon"
+    (whose first step divides the noise error by sqrt(alpha_bar) ~ 0.01)."""
+    errors = {}
+    for prediction in ("epsilon", "sample"):
+        torch.manual_seed(0)
+        generator = torch.Generator().manual_seed(0)
+        diffusion = GaussianDiffusion(100, "cosine", prediction)
+        denoiser = LatentDenoiser(latent_dim=2, cond_dim=1, hidden_dim=64, n_blocks=2)
+        optimizer = torch.optim.Adam(denoiser.parameters(), lr=1e-3)
+        for _ in range(300):
+            cond = 2 * torch.rand(256, 1, generator=generator) - 1
+            data = torch.cat([1.5 * cond, -cond], dim=1) + 0.5 * torch.randn(256, 2, generator=generator)
+            loss = diffusion.training_loss(denoiser, data, cond)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        cond = torch.linspace(-1, 1, 101)[:, None]
+        samples = diffusion.sample(denoiser, cond, (101, 2), 10, temperature=0.0, clip=3.0)
+        errors[prediction] = (samples - torch.cat([1.5 * cond, -cond], dim=1)).pow(2).mean().item()
+    assert errors["sample"] < 0.02, errors
+    assert errors["sample"] < 0.5 * errors["epsilon"], errors

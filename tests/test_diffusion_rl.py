@@ -74,8 +74,11 @@ def test_loss_reports_every_term_and_a_few_steps_lower_it(use_value_function):
         loss.backward()
         optimizer.step()
         model.after_optimizer_step()
-    after, _ = fixed_noise_loss(model, batch)
-    assert after < 0.8 * total, f"total loss {total.item():.4f} -> {after.item():.4f}"
+    after, after_terms = fixed_noise_loss(model, batch)
+    # The diffusion predicts the clean latent, whose scale grows while the VAE spreads its latents out,
+    # so its term starts near 0 and need not fall at first; the total and the VAE's loss must.
+    assert after < 0.9 * total, f"total loss {total.item():.4f} -> {after.item():.4f}"
+    assert after_terms["vae_loss"] < 0.9 * terms["vae_loss"]
 
 
 def test_diffusion_loss_does_not_train_the_vae():
@@ -130,7 +133,7 @@ class DistanceQ(torch.nn.Module):
 def test_act_with_a_critic_returns_the_candidate_with_the_highest_q():
     torch.manual_seed(0)
     n_samples, n_envs = 6, 5
-    model = DiffusionRL(OBS_DIM, ACTION_DIM, tiny_config(n_action_samples=n_samples))
+    model = DiffusionRL(OBS_DIM, ACTION_DIM, tiny_config(n_action_samples=n_samples, sampling_temperature=1.0))
     candidates = torch.randn(n_envs * n_samples, LATENT)
     target = 0.1 * torch.randn(LATENT)  # near the re-encoded latents, which an untrained encoder keeps small
     calls = []
@@ -151,6 +154,32 @@ def test_act_with_a_critic_returns_the_candidate_with_the_highest_q():
     assert len(set(best.tolist())) > 1, "the test needs different winners per env"
     chosen = candidates.view(n_envs, n_samples, LATENT)[torch.arange(n_envs), best]
     torch.testing.assert_close(actions, model.vae.decode(batch["observations"], chosen))
+
+
+def test_deterministic_sampling_draws_one_latent_per_state_and_skips_the_critic():
+    """At temperature 0 every candidate would be the same latent: one is drawn, and Q is not asked."""
+    torch.manual_seed(0)
+    model = DiffusionRL(OBS_DIM, ACTION_DIM, tiny_config(n_action_samples=8, sampling_temperature=0.0))
+    calls = []
+    original = model.diffusion.sample
+
+    def recording_sample(denoiser, cond, shape, *args, **kwargs):
+        calls.append(shape)
+        return original(denoiser, cond, shape, *args, **kwargs)
+
+    def no_q(*args, **kwargs):
+        raise AssertionError("the critic must not be consulted when all candidates are equal")
+
+    model.diffusion.sample = recording_sample
+    model.critic.q_min = no_q
+    batch = synthetic_batch(5)
+    actions = model.act(*act_inputs(batch))
+    assert calls == [(5, LATENT)]
+    model.diffusion.sample = original
+    stochastic = DiffusionRL(OBS_DIM, ACTION_DIM, tiny_config(n_action_samples=8, sampling_temperature=0.0,
+                                                              use_value_function=False))
+    stochastic.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("critic.")})
+    torch.testing.assert_close(actions, stochastic.act(*act_inputs(batch)))
 
 
 def test_chain_policy_log_prob_matches_its_sampler_and_has_gradients():

@@ -26,6 +26,9 @@ import torch
 from torch import nn
 
 SAMPLERS = ("ddim", "ddpm")
+# What the network predicts: the noise (Ho et al., 2020), the clean sample, or v = sqrt(a) eps - sqrt(1 - a) x_0
+# (Salimans & Ho, 2022). Every sampler works through the (x_0, noise) pair the prediction implies.
+PREDICTIONS = ("epsilon", "sample", "v")
 # Cosine schedule offset s of Nichol & Dhariwal (2021): keeps the first betas from being vanishingly small.
 COSINE_OFFSET = 0.008
 MAX_BETA = 0.999
@@ -52,8 +55,11 @@ BETA_SCHEDULES = {"cosine": cosine_beta_schedule, "linear": linear_beta_schedule
 
 
 class GaussianDiffusion(nn.Module):
-    def __init__(self, n_diffusion_steps: int, beta_schedule: str = "cosine"):
+    def __init__(self, n_diffusion_steps: int, beta_schedule: str = "cosine", prediction: str = "epsilon"):
         super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"Unknown prediction {prediction!r}; use one of {PREDICTIONS}.")
+        self.prediction = prediction
         if beta_schedule not in BETA_SCHEDULES:
             raise ValueError(f"Unknown beta_schedule {beta_schedule!r}; use one of {sorted(BETA_SCHEDULES)}.")
         if n_diffusion_steps < 2:
@@ -70,10 +76,18 @@ class GaussianDiffusion(nn.Module):
         return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
 
     def training_loss(self, denoiser, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """DDPM objective: MSE between the true and the predicted noise at a uniform random timestep."""
+        """DDPM objective at a uniform random timestep: MSE between the network's output and its target
+        (the noise, x_0 or v, by `prediction`)."""
         timesteps = torch.randint(0, self.n_diffusion_steps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
-        return torch.mean((denoiser(self.q_sample(x0, timesteps, noise), timesteps, cond) - noise) ** 2)
+        if self.prediction == "epsilon":
+            target = noise
+        elif self.prediction == "sample":
+            target = x0
+        else:
+            alpha_bar = self.alphas_cumprod[timesteps][:, None]
+            target = alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
+        return torch.mean((denoiser(self.q_sample(x0, timesteps, noise), timesteps, cond) - target) ** 2)
 
     # ------------------------------------------------------------------------------------- sampling
     def sampling_timesteps(self, n_sampling_steps: int) -> torch.Tensor:
@@ -92,8 +106,16 @@ class GaussianDiffusion(nn.Module):
 
     def predict_x0(self, denoiser, x, timesteps, alpha_bar, cond, clip: float | None):
         """(x_0, noise) implied by the denoiser at x_t; with `clip`, x_0 in [-clip, clip] and noise made consistent."""
-        eps = denoiser(x, timesteps, cond)
-        x0 = (x - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+        out = denoiser(x, timesteps, cond)
+        if self.prediction == "epsilon":
+            eps = out
+            x0 = (x - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+        elif self.prediction == "sample":
+            x0 = out
+            eps = (x - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
+        else:
+            x0 = alpha_bar.sqrt() * x - (1 - alpha_bar).sqrt() * out
+            eps = (1 - alpha_bar).sqrt() * x + alpha_bar.sqrt() * out
         if clip is not None:
             x0 = x0.clamp(-clip, clip)
             eps = (x - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()
