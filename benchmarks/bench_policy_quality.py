@@ -154,7 +154,7 @@ def main(argv=None) -> int:
                 with open(args.json, "a") as f:
                     f.write(json.dumps({**row, "dataset": args.dataset, "threads": args.threads}) + "\n")
     print(f"\ndataset {args.dataset}, threads {args.threads}, num_eval {args.num_eval}, "
-          f"{'budget %.0f s' % args.budget_seconds if args.budget_seconds else '%d steps' % args.steps}, "
+          f"{f'budget {args.budget_seconds:.0f} s' if args.budget_seconds else f'{args.steps} steps'}, "
           f"overrides {overrides}")
     print(f"{'model':<12}{'seeds':<10}{'scores':<28}{'mean':>7}{'steps':>8}{'steps/s':>9}{'train s':>9}")
     for model in args.models:

@@ -59,7 +59,8 @@ class DiffusionRL(nn.Module):
                              config["vae_kl_weight"])
         self.clip = self.vae.latent_bound if config["clip_denoised"] else None
         self.trajectory_encoder = TrajectoryEncoder(obs_dim, action_dim, config["history_horizon"],
-                                                    config["trajectory_latent_dim"], config["encoder_type"])
+                                                    config["trajectory_latent_dim"], config["encoder_type"],
+                                                    use_actions=config["history_actions"])
         self.denoiser = LatentDenoiser(self.latent_dim, config["trajectory_latent_dim"] + obs_dim, hidden,
                                        config["denoiser_blocks"])
         self.diffusion = GaussianDiffusion(config["n_diffusion_steps"], config["beta_schedule"], PREDICTION)

@@ -1,5 +1,9 @@
 """TrajectoryEncoder: the recent (state, action) history -> a context vector c_t.
 
+With `use_actions` False (config `history_actions: false`) only the past states are read: a policy
+that sees its own past actions can learn to copy them (the "copycat" problem of imitation from
+histories) instead of reacting to the state.
+
 Steps before the episode's start are masked (`history_mask` False) and must not change c_t, whatever
 values they hold: the GRU keeps its hidden state through a masked step, and the transformer reads a
 summary token that never attends to masked steps. A window with no valid step gives the encoding of
@@ -27,14 +31,16 @@ class TrajectoryEncoder(nn.Module):
         history_horizon: int,
         latent_dim: int,
         kind: str = "gru",
+        use_actions: bool = True,
     ):
         super().__init__()
+        self.use_actions = use_actions
         if kind not in ENCODER_KINDS:
             raise ValueError(f"Unknown encoder_type {kind!r}; use one of {ENCODER_KINDS}.")
         self.kind = kind
         self.history_horizon = history_horizon
         width = latent_dim
-        self.step_embedding = nn.Linear(obs_dim + action_dim, width)
+        self.step_embedding = nn.Linear(obs_dim + (action_dim if use_actions else 0), width)
         if kind == "gru":
             self.cell = nn.GRUCell(width, width)
         else:
@@ -51,7 +57,8 @@ class TrajectoryEncoder(nn.Module):
         self, history_observations: torch.Tensor, history_actions: torch.Tensor, history_mask: torch.Tensor
     ) -> torch.Tensor:
         """history_observations [B, H, obs_dim], history_actions [B, H, A], history_mask [B, H] bool -> [B, latent_dim]."""
-        steps = self.step_embedding(torch.cat([history_observations, history_actions], dim=-1))  # [B, H, width]
+        inputs = [history_observations, history_actions] if self.use_actions else [history_observations]
+        steps = self.step_embedding(torch.cat(inputs, dim=-1))  # [B, H, width]
         mask = history_mask.bool()
         if self.kind == "gru":
             summary = self._gru(steps, mask)
