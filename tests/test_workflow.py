@@ -172,9 +172,9 @@ def run_sweep(checkout: Path, *args: str, timeout: float = 240, **env) -> subpro
     return run
 
 
-def plan(checkout: Path, *args: str) -> tuple[dict[str, int], str]:
+def plan(checkout: Path, *args: str, **env) -> tuple[dict[str, int], str]:
     """({rule: number of jobs}, the dry run's output) of `snakemake -n` ({} when nothing is to be done)."""
-    run = snakemake(checkout, "-n", *args)
+    run = snakemake(checkout, "-n", *args, **env)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out
     if NOTHING_TO_DO in out:
@@ -228,11 +228,15 @@ def test_example_config_plans_two_cells_sharing_one_vae_each_on_a_gpu(tmp_path):
     raw = checkout / "data" / "raw" / "d4rl" / "hopper-medium-v2.hdf5"
     raw.parent.mkdir(parents=True)
     raw.write_bytes(b"")
-    jobs, out = plan(checkout, "--config", spec_arg)
+    jobs, out = plan(checkout, "--config", spec_arg, DIFFUSER_GPUS="0,1")
     assert jobs == expected_jobs(load_spec(ROOT / "config" / "vae_diffusion_rl_example.yaml"))
     assert jobs["train"] == 2 and jobs["pretrain_vae"] == 1
     train_jobs = [block for block in out.split("rule ")[1:] if block.startswith("train:")]
     assert len(train_jobs) == 2 and all("gpu=1" in block for block in train_jobs)
+    # on a machine without GPUs the same jobs ask for none
+    _, out = plan(checkout, "--config", spec_arg, DIFFUSER_GPUS="none")
+    train_jobs = [block for block in out.split("rule ")[1:] if block.startswith("train:")]
+    assert len(train_jobs) == 2 and all("gpu=0" in block for block in train_jobs)
 
 
 def test_command_line_overrides_change_the_grid(tmp_path):

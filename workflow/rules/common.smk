@@ -22,6 +22,7 @@ from snakemake.exceptions import WorkflowError
 
 from diffuser.config import ConfigError, load_workflow_spec, needs_vae_pretraining, vae_config, vae_key
 from diffuser.datasets.prepare import resolve_source
+from diffuser.utils.gpu_pool import pool_ids
 
 DEFAULT_SPEC = "config/config.yaml"
 DATA_DIR = "data"
@@ -36,7 +37,9 @@ except ConfigError as err:
 EXP = SPEC.exp_name
 RESULTS = f"results/{EXP}"
 LOGS = f"logs/{EXP}"
-GPUS_PER_JOB = SPEC.meta_data["gpus_per_job"]
+# a job's `gpu` resource: meta_data.gpus_per_job where the pool has GPUs, 0 on a CPU-only machine
+# (the SLURM profile sets its own from DIFFUSER_SLURM_GPUS)
+GPUS_PER_JOB = SPEC.meta_data["gpus_per_job"] if pool_ids() else 0
 THREADS_PER_JOB = SPEC.meta_data["threads_per_job"]
 
 CELLS = {cell.name: cell.config for cell in SPEC.cells()}
