@@ -35,7 +35,7 @@ from diffuser.datasets.sequence import VAESequenceDataset
 from diffuser.envs.make import make_env
 from diffuser.envs.scores import normalized_score
 from diffuser.models.denoisers import mlp
-from diffuser.utils.trainer import Trainer, TrainingDiverged
+from diffuser.utils.trainer import Trainer
 
 # Seeds of the online episodes' resets: seed * EPISODE_SEED_STRIDE + episode index.
 EPISODE_SEED_STRIDE = 1_000_003
@@ -339,18 +339,8 @@ class OnlineRLTrainer(Trainer):
         """One gradient step of the RL losses on `rollout` (default: the newest collection)."""
         self.model.train()
         terms = self.rl_losses(self.rollout if rollout is None else rollout)
-        bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
-        if bad:
-            raise TrainingDiverged(
-                f"RL term(s) {', '.join(bad)} became NaN or infinite at step {self.step}; the last good checkpoint "
-                f"is kept in {self.checkpoint_dir}: lower rl_learning_rate."
-            )
-        self.rl_optimizer.zero_grad(set_to_none=True)
-        terms["rl_loss"].backward()
-        if self.config["grad_clip"] > 0:
-            parameters = [p for group in self.rl_optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(parameters, self.config["grad_clip"])
-        self.rl_optimizer.step()
+        self._raise_if_not_finite(terms, self.step, "lower rl_learning_rate")
+        self._apply_gradients(terms["rl_loss"], self.rl_optimizer)
         self._update_ema()
         return {name: float(value.detach()) for name, value in terms.items()}
 

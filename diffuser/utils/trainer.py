@@ -161,21 +161,29 @@ class Trainer:
             for e, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
                 e.copy_(b)
 
+    def _raise_if_not_finite(self, terms: dict[str, torch.Tensor], step: int, remedy: str) -> None:
+        bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
+        if bad:
+            raise TrainingDiverged(
+                f"Loss term(s) {', '.join(bad)} became NaN or infinite at step {step}; "
+                f"the last good checkpoint is kept in {self.checkpoint_dir}: {remedy}."
+            )
+
+    def _apply_gradients(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Backward, clip the gradient norm of the optimizer's parameters at `grad_clip`, step."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config["grad_clip"] > 0:
+            parameters = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(parameters, self.config["grad_clip"])
+        optimizer.step()
+
     def train_step(self) -> dict[str, torch.Tensor]:
         self.model.train()
         batch = self._sample_batch()
         total, terms = self.model.loss(batch)
-        bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
-        if bad:
-            raise TrainingDiverged(
-                f"Loss term(s) {', '.join(bad)} became NaN or infinite at step {self.step + 1}; "
-                f"the last good checkpoint is kept in {self.checkpoint_dir}: lower learning_rate or check the data."
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if self.config["grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config["grad_clip"])
-        self.optimizer.step()
+        self._raise_if_not_finite(terms, self.step + 1, "lower learning_rate or check the data")
+        self._apply_gradients(total, self.optimizer)
         self.scheduler.step()
         self.model.after_optimizer_step()
         self._update_ema()
