@@ -248,6 +248,15 @@ def test_command_line_overrides_change_the_grid(tmp_path):
     assert "results/three_seeds/cells/online_training~True/seed~3/final.pt" in out
 
 
+def test_sweeping_how_a_generated_dataset_is_made_is_refused(tmp_path):
+    checkout = make_checkout(tmp_path)
+    run = snakemake(checkout, "-n", "--config", "variables={dataset_action_noise: [0.5, 1.0]}")
+    out = run.stdout + run.stderr
+    assert run.returncode != 0
+    assert "cells use different dataset_steps/dataset_action_noise/dataset_seed" in out
+    assert "share data/processed/gen-maze2d-umaze/" in out
+
+
 def test_invalid_spec_stops_before_any_job_with_one_clear_message(tmp_path):
     checkout = make_checkout(tmp_path)
     run = snakemake(checkout, "--cores", "1", "--config", "learning_rat=0.1", "variables={seed: []}")
