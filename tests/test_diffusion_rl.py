@@ -11,6 +11,18 @@ OBS_DIM, ACTION_DIM, HISTORY, HORIZON, LATENT = 5, 2, 3, 2, 4
 TERMS = {"loss", "diffusion_loss", "vae_loss", "vae_recon_loss", "vae_kl_loss", "value_loss", "q_loss"}
 
 
+
+def fit(model, batch, steps: int, lr: float) -> torch.Tensor:
+    """`steps` Adam steps of model.loss on one batch; returns the last loss."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        loss, _ = model.loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        model.after_optimizer_step()
+    return loss
+
 def schema_defaults() -> dict:
     schema = yaml.safe_load((ROOT / "diffuser" / "schemas" / "cell.schema.yaml").read_text())
     return {key: spec["default"] for key, spec in schema["properties"].items()}
@@ -67,13 +79,7 @@ def test_loss_reports_every_term_and_a_few_steps_lower_it(use_value_function):
     assert all(torch.isfinite(v) and v.ndim == 0 for v in terms.values())
     parts = terms["diffusion_loss"] + terms["vae_loss"] + terms.get("value_loss", 0) + terms.get("q_loss", 0)
     torch.testing.assert_close(total, parts)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(30):
-        loss, _ = model.loss(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        model.after_optimizer_step()
+    fit(model, batch, steps=30, lr=1e-3)
     after, after_terms = fixed_noise_loss(model, batch)
     # The diffusion predicts the clean latent, whose scale grows while the VAE spreads its latents out,
     # so its term starts near 0 and need not fall at first; the total and the VAE's loss must.
@@ -219,13 +225,7 @@ def test_bc_learns_a_chunk_and_keeps_the_act_signature():
     batch["actions"] = torch.tanh(batch["observations"][:, None, :ACTION_DIM].expand(-1, HORIZON, -1))
     initial, terms = model.loss(batch)
     assert set(terms) == {"loss", "bc_loss"} and terms["loss"] is initial
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(200):
-        loss, _ = model.loss(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        model.after_optimizer_step()
+    loss = fit(model, batch, steps=200, lr=3e-3)
     assert loss < 0.1 * initial
     actions = model.act(*act_inputs(batch))
     assert actions.shape == (64, HORIZON, ACTION_DIM) and actions.abs().max() <= 1
