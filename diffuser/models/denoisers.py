@@ -1,8 +1,8 @@
-"""Networks for the latent diffusion: the shared MLP builder and the latent denoiser eps(z^j, j, cond).
+"""Networks for the latent diffusion: the shared MLP builder and the latent denoiser f(z^j, j, cond).
 
 The denoiser knows nothing about noise schedules; `diffusion.GaussianDiffusion` calls it as
-`denoiser(x [B, D], timesteps [B] long, cond [B, C]) -> predicted noise [B, D]`, so either side can
-be swapped.
+`denoiser(x [B, D], timesteps [B] long, cond [B, C]) -> prediction [B, D]` and decides what the
+prediction means (the noise, the clean latent or v: its `prediction`), so either side can be swapped.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class ResidualBlock(nn.Module):
 
 
 class LatentDenoiser(nn.Module):
-    """Predicts the noise in a latent z^j given the timestep j and a condition vector."""
+    """Maps a noisy latent z^j, the timestep j and a condition vector to the diffusion's prediction target."""
 
     def __init__(self, latent_dim: int, cond_dim: int, hidden_dim: int = 256, n_blocks: int = 3):
         super().__init__()
@@ -67,7 +67,7 @@ class LatentDenoiser(nn.Module):
         self.input = nn.Linear(latent_dim + hidden_dim, hidden_dim)
         self.blocks = nn.ModuleList(ResidualBlock(hidden_dim) for _ in range(n_blocks))
         self.output = nn.Sequential(nn.LayerNorm(hidden_dim), nn.Linear(hidden_dim, latent_dim))
-        # Start by predicting zero noise: the first steps then fit the noise scale instead of undoing a random map.
+        # Start by predicting zero: the first steps then fit the target's scale instead of undoing a random map.
         nn.init.zeros_(self.output[-1].weight)
         nn.init.zeros_(self.output[-1].bias)
 
