@@ -196,3 +196,39 @@ def test_clean_sample_prediction_finds_the_conditional_mean_at_temperature_zero(
         errors[prediction] = (samples - torch.cat([1.5 * cond, -cond], dim=1)).pow(2).mean().item()
     assert errors["sample"] < 0.02, errors
     assert errors["sample"] < 0.5 * errors["epsilon"], errors
+
+
+def test_sample_weights_tilt_the_learned_law_toward_the_heavy_mode(trained):
+    """Weights on the training loss (DiffusionRL's advantage weights) move probability mass: trained with
+    weight 20 on the x = +1 modes and 1 on the x = -1 modes, nearly all samples land at x > 0, where the
+    unweighted model splits them about evenly."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    diffusion = GaussianDiffusion(N_STEPS, "cosine")
+    denoiser = LatentDenoiser(latent_dim=2, cond_dim=1, hidden_dim=64, n_blocks=2)
+    optimizer = torch.optim.Adam(denoiser.parameters(), lr=3e-3)
+    for _ in range(600):
+        cond = random_conditions(512, generator)
+        data = four_mode_data(cond, generator)
+        weights = torch.where(data[:, 0] > 0, 20.0, 1.0)
+        loss = diffusion.training_loss(denoiser, data, cond, weights)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    cond = random_conditions(1000, torch.Generator().manual_seed(2))
+    weighted_share = (draw(diffusion, denoiser, cond, 20, "ddpm")[:, 0] > 0).float().mean().item()
+    plain_share = (draw(*trained, cond, 20, "ddpm")[:, 0] > 0).float().mean().item()
+    assert 0.35 < plain_share < 0.65, plain_share
+    assert weighted_share > 0.85, weighted_share
+
+
+def test_zero_weight_samples_do_not_count():
+    """With clean-sample targets, samples at 100 would dominate any loss they entered."""
+    diffusion = GaussianDiffusion(N_STEPS, "cosine", "sample")
+    denoiser = LatentDenoiser(latent_dim=2, cond_dim=1, hidden_dim=16, n_blocks=1)
+    x0, cond = torch.randn(8, 2), torch.ones(16, 1)
+    batch = torch.cat([x0, 100 + x0])
+    unweighted = diffusion.training_loss(denoiser, batch, cond).item()
+    weighted = diffusion.training_loss(denoiser, batch, cond, torch.cat([torch.ones(8), torch.zeros(8)])).item()
+    assert unweighted > 1000.0
+    assert weighted < 10.0

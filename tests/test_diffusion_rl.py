@@ -229,3 +229,22 @@ def test_bc_learns_a_chunk_and_keeps_the_act_signature():
     assert loss < 0.1 * initial
     actions = model.act(*act_inputs(batch))
     assert actions.shape == (64, HORIZON, ACTION_DIM) and actions.abs().max() <= 1
+
+
+def test_advantage_weights_follow_the_critic_and_reach_the_diffusion_loss():
+    batch = synthetic_batch(64)
+    model = DiffusionRL(OBS_DIM, ACTION_DIM, tiny_config(advantage_weight_beta=2.0))
+    fit(model, batch, 30, 1e-2)  # a critic whose advantages differ across the batch
+    observations = batch["observations"]
+    latents = model.vae.encode(observations, batch["actions"])[0].detach()
+    weights = model.advantage_weights(observations, latents)
+    advantages = model.critic.q_min(observations, latents, target=True) - model.critic.v(observations)
+    assert weights.shape == (64,) and (weights > 0).all()
+    assert torch.equal(weights.argsort(), advantages.detach().argsort())
+    assert weights.max() / weights.min() > 1.05  # the weights are not all equal
+    plain = DiffusionRL(OBS_DIM, ACTION_DIM, tiny_config(advantage_weight_beta=0.0))
+    plain.load_state_dict(model.state_dict())
+    assert plain.advantage_weights(observations, latents) is None
+    weighted_loss = fixed_noise_loss(model, batch)[1]["diffusion_loss"]
+    plain_loss = fixed_noise_loss(plain, batch)[1]["diffusion_loss"]
+    assert not torch.isclose(weighted_loss, plain_loss)

@@ -75,9 +75,12 @@ class GaussianDiffusion(nn.Module):
         alpha_bar = self.alphas_cumprod[timesteps][:, None]
         return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
 
-    def training_loss(self, denoiser, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def training_loss(
+        self, denoiser, x0: torch.Tensor, cond: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """DDPM objective at a uniform random timestep: MSE between the network's output and its target
-        (the noise, x_0 or v, by `prediction`)."""
+        (the noise, x_0 or v, by `prediction`). `weights` ([B], >= 0) weigh the samples; they are divided
+        by their batch mean, so the loss keeps the unweighted one's scale."""
         timesteps = torch.randint(0, self.n_diffusion_steps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         if self.prediction == "epsilon":
@@ -87,7 +90,10 @@ class GaussianDiffusion(nn.Module):
         else:
             alpha_bar = self.alphas_cumprod[timesteps][:, None]
             target = alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
-        return torch.mean((denoiser(self.q_sample(x0, timesteps, noise), timesteps, cond) - target) ** 2)
+        errors = ((denoiser(self.q_sample(x0, timesteps, noise), timesteps, cond) - target) ** 2).flatten(1).mean(1)
+        if weights is None:
+            return errors.mean()
+        return (errors * weights).sum() / weights.sum()
 
     # ------------------------------------------------------------------------------------- sampling
     def sampling_timesteps(self, n_sampling_steps: int) -> torch.Tensor:

@@ -42,6 +42,9 @@ PREDICTION = "sample"
 # The chain policy's stds are scaled by exp(chain_log_std), learned by the RL update only (the entropy
 # bonus widens it, the policy gradient narrows it), kept within [1, e^2] times the floored stds.
 CHAIN_LOG_STD_RANGE = (0.0, 2.0)
+# Advantage weights exp(beta * A) are capped here, as in AWR and IQL's policy extraction (100 there):
+# one sample must not outweigh a whole batch.
+MAX_ADVANTAGE_WEIGHT = 100.0
 
 
 class DiffusionRL(nn.Module):
@@ -57,6 +60,7 @@ class DiffusionRL(nn.Module):
         self.sampling_temperature = config["sampling_temperature"]
         self.min_policy_std = config["min_policy_std"]
         self.n_action_samples = config["n_action_samples"]
+        self.advantage_weight_beta = config["advantage_weight_beta"]
         hidden = config["hidden_dim"]
         self.vae = ActionVAE(obs_dim, action_dim, config["action_horizon"], self.latent_dim, hidden,
                              config["vae_kl_weight"])
@@ -86,7 +90,8 @@ class DiffusionRL(nn.Module):
         latents = mu.detach()
         cond = self.condition(observations, batch["history_observations"], batch["history_actions"],
                               batch["history_mask"])
-        terms["diffusion_loss"] = self.diffusion.training_loss(self.denoiser, latents, cond)
+        weights = self.advantage_weights(observations, latents)
+        terms["diffusion_loss"] = self.diffusion.training_loss(self.denoiser, latents, cond, weights)
         total = terms["diffusion_loss"] + self.vae_weight * vae_loss
         if self.critic is not None:
             terms["value_loss"] = self.critic.value_loss(observations, latents)
@@ -95,6 +100,16 @@ class DiffusionRL(nn.Module):
             total = total + terms["value_loss"] + terms["q_loss"]
         terms["loss"] = total
         return total, terms
+
+    @torch.no_grad()
+    def advantage_weights(self, observations: torch.Tensor, latents: torch.Tensor) -> torch.Tensor | None:
+        """[B] exp(beta * (min target-Q(s, z) - V(s))), capped, for the diffusion loss; None (plain imitation)
+        without a critic or at beta 0. The diffusion then learns the data's latents tilted toward those the
+        critic rates above the state's value, the policy extraction of AWR and IQL."""
+        if self.critic is None or self.advantage_weight_beta == 0:
+            return None
+        advantages = self.critic.q_min(observations, latents, target=True) - self.critic.v(observations)
+        return torch.exp(self.advantage_weight_beta * advantages).clamp(max=MAX_ADVANTAGE_WEIGHT)
 
     def after_optimizer_step(self) -> None:
         if self.critic is not None:
