@@ -248,3 +248,6 @@ def test_advantage_weights_follow_the_critic_and_reach_the_diffusion_loss():
     weighted_loss = fixed_noise_loss(model, batch)[1]["diffusion_loss"]
     plain_loss = fixed_noise_loss(plain, batch)[1]["diffusion_loss"]
     assert not torch.isclose(weighted_loss, plain_loss)
+    ess = fixed_noise_loss(model, batch)[1]["advantage_weight_ess"].item()
+    assert 1 / 64 < ess < 1.0
+    assert "advantage_weight_ess" not in fixed_noise_loss(plain, batch)[1]

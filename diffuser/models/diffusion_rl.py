@@ -92,6 +92,10 @@ class DiffusionRL(nn.Module):
                               batch["history_mask"])
         weights = self.advantage_weights(observations, latents)
         terms["diffusion_loss"] = self.diffusion.training_loss(self.denoiser, latents, cond, weights)
+        if weights is not None:
+            # Effective sample size of the weighted batch as a share of the batch: 1 = uniform weights,
+            # near 1/B = one sample carries the loss (beta too large for the critic's advantages).
+            terms["advantage_weight_ess"] = weights.sum() ** 2 / (weights.numel() * (weights**2).sum())
         total = terms["diffusion_loss"] + self.vae_weight * vae_loss
         if self.critic is not None:
             terms["value_loss"] = self.critic.value_loss(observations, latents)
