@@ -21,7 +21,6 @@ key, what was expected and what was given. The rules, in the order they apply:
   from the swept keys in alphabetical order (so reordering a spec does not rename results), e.g.
   `online_training~True/seed~100`; with no variables the one cell is named `default`.
 - Impossible combinations stop the run too, naming the cells: n_sampling_steps > n_diffusion_steps;
-  advantage weights without a critic;
   a trainer that contradicts online_training; online training of models.BC; online training whose
   rl_warmup_steps >= n_train_steps (it would never interact); cells that name one dataset but
   generate it differently (they share data/processed/<dataset>/).
@@ -386,11 +385,6 @@ def _cell_problems(config: dict) -> list[str]:
         problems.append(
             f"n_sampling_steps ({config['n_sampling_steps']}) is larger than n_diffusion_steps "
             f"({config['n_diffusion_steps']}); the sampler cannot take more steps than the process has."
-        )
-    if config["advantage_weight_beta"] > 0 and not config["use_value_function"]:
-        problems.append(
-            f"advantage_weight_beta ({config['advantage_weight_beta']}) weighs the diffusion loss by the critic's "
-            "advantages but use_value_function is false; set use_value_function: true or advantage_weight_beta: 0."
         )
     trainer, online = config["trainer"], config["online_training"]
     if trainer == "utils.Trainer" and online:

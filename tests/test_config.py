@@ -178,8 +178,14 @@ def test_impossible_values_name_the_cell_and_the_keys():
     message = error_of(spec(constants={"online_training": True, "n_train_steps": 100, "rl_warmup_steps": 100}))
     assert "rl_warmup_steps (100)" in message
     assert "utils.Trainer" in error_of(spec(constants={"trainer": "utils.Trainer", "online_training": True}))
-    message = error_of(spec(constants={"advantage_weight_beta": 3.0, "use_value_function": False}))
-    assert "advantage_weight_beta (3.0)" in message and "use_value_function" in message
+
+
+def test_the_seed_switch_use_value_function_sweeps_with_default_advantage_weights():
+    # advantage_weight_beta defaults above 0; without a critic it has nothing to weigh by and is moot,
+    # so sweeping the seed's key must not demand a second key.
+    cells = load_spec(spec(variables={"use_value_function": [True, False]})).cells()
+    assert [c.config["use_value_function"] for c in cells] == [True, False]
+    assert all(c.config["advantage_weight_beta"] > 0 for c in cells)
 
 
 def test_cells_sharing_a_dataset_must_agree_on_how_it_is_generated():

@@ -74,7 +74,8 @@ def test_loss_reports_every_term_and_a_few_steps_lower_it(use_value_function):
     model = DiffusionRL(OBS_DIM, ACTION_DIM, tiny_config(use_value_function=use_value_function))
     batch = synthetic_batch()
     total, terms = fixed_noise_loss(model, batch)
-    expected = TERMS if use_value_function else TERMS - {"value_loss", "q_loss"}
+    # the default advantage weights need the critic, and report their effective size
+    expected = TERMS | {"advantage_weight_ess"} if use_value_function else TERMS - {"value_loss", "q_loss"}
     assert set(terms) == expected and terms["loss"] is total
     assert all(torch.isfinite(v) and v.ndim == 0 for v in terms.values())
     parts = terms["diffusion_loss"] + terms["vae_loss"] + terms.get("value_loss", 0) + terms.get("q_loss", 0)

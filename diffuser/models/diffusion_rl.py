@@ -15,7 +15,11 @@ first reaching it 0.76 at 1.0, seed 0), which the data never shows held.
 Training: one total loss for one optimizer. The diffusion's targets are the VAE encoder's means,
 detached, so the diffusion loss cannot pull the VAE toward latents that are easy to denoise (e.g.
 all equal) and collapse it; the VAE learns from its own loss only. The same detached latents are the
-critic's actions.
+critic's actions. The diffusion loss weighs each sample by exp(advantage_weight_beta * (Q - V)) (AWR /
+IQL policy extraction), so the policy imitates the data's better latents more than its worse ones;
+Q-selection at acting time then chooses among candidates already tilted toward them. Same protocol
+as above, beta 0 / 3: UMaze 91.0 / 95.9, Medium 69.4 / 75.6 (share of steps at the goal after first
+reaching it, seed 0: UMaze 0.90 / 0.97, BC 0.96).
 """
 
 from __future__ import annotations

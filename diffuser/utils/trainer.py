@@ -45,8 +45,10 @@ class TrainingDiverged(Exception):
 
 
 def make_optimizer(parameters, config: dict, learning_rate: float | None = None) -> torch.optim.Optimizer:
+    # fused: one kernel for all parameters instead of ~10 small ops per tensor; a DiffusionRL step's
+    # optimizer update went from ~6 ms to ~1.5 ms on the 2-core CPU (87 parameter tensors).
     return torch.optim.AdamW(
-        parameters, lr=learning_rate or config["learning_rate"], weight_decay=config["weight_decay"]
+        parameters, lr=learning_rate or config["learning_rate"], weight_decay=config["weight_decay"], fused=True
     )
 
 
@@ -156,8 +158,7 @@ class Trainer:
     def _update_ema(self) -> None:
         decay = self.config["ema_decay"]
         with torch.no_grad():
-            for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
-                e.lerp_(p, 1.0 - decay)
+            torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()), 1.0 - decay)
             for e, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
                 e.copy_(b)
 
