@@ -138,9 +138,11 @@ def main(argv=None) -> int:
     parser.add_argument("--keep-dir", default=None, help="keep the run directories under this folder")
     parser.add_argument("--json", default=None, help="append one JSON line per run to this file")
     args = parser.parse_args(argv)
-    if args.budget_seconds is None and args.steps is None:
-        args.steps = cell_defaults()["n_train_steps"]
     overrides = parse_overrides(args.set)
+    if args.budget_seconds is None and args.steps is None:
+        args.steps = overrides.get("n_train_steps", cell_defaults()["n_train_steps"])
+    elif "n_train_steps" in overrides:
+        parser.error("n_train_steps in --set contradicts --steps / --budget-seconds; give one of them")
     bc_overrides = parse_overrides(args.bc_set) if args.bc_set is not None else overrides
     deadline = Deadline()
     rows = []

@@ -14,6 +14,7 @@ import yaml
 from diffuser.utils.checkpoint import load_checkpoint, save_checkpoint
 from diffuser.utils.metrics import MetricsLogger
 from diffuser.utils.progress import progress_bar
+from diffuser.utils.trainer import make_optimizer
 
 
 def processed_dir(config: dict, data_dir: str | os.PathLike = "data") -> Path:
@@ -74,7 +75,7 @@ def pretrain_vae(config: dict, out: str | os.PathLike, data_dir: str | os.PathLi
     if not hasattr(model, "vae"):
         raise ValueError(f"Model {config['diffusion']} has no VAE to pre-train; only models.DiffusionRL has one.")
     vae = model.vae
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config["learning_rate"], weight_decay=config["weight_decay"])
+    optimizer = make_optimizer(vae.parameters(), config)
     generator = torch.Generator(device="cpu").manual_seed(config["seed"])
     out = Path(out)
     logger = MetricsLogger(out.with_name("metrics.csv"))
