@@ -109,7 +109,7 @@ def test_push_then_pull_in_a_clone_restores_the_results(reproduced, tmp_path):
 
     # the clone has no .snakemake/ records, yet a changed setting retrains the cell (settings markers)
     config = clone / "config" / "config.yaml"
-    changed = {**ONE_CELL_SPEC, "constants": {**ONE_CELL_SPEC["constants"], "learning_rate": 0.001}}
+    changed = {**ONE_CELL_SPEC, "constants": {**ONE_CELL_SPEC["constants"], "learning_rate": 0.0005}}
     config.write_text(yaml.safe_dump(changed))
     jobs = planned_jobs(clone)
     assert jobs["cell_config"] == 1 and jobs["train"] == 1 and jobs["aggregate"] == 1

@@ -114,20 +114,21 @@ def test_resume_extends_a_run_but_a_changed_setting_starts_over_keeping_the_old_
     from diffuser import steps
 
     run_dir = tmp_path / "run"
-    short = load_cell_config(write_cell(tmp_path / "short.yaml", n_train_steps=40, save_freq=20))
+    # a constant learning rate: under a cosine schedule n_train_steps sets the schedule, so it is a changed setting
+    short = load_cell_config(write_cell(tmp_path / "short.yaml", n_train_steps=40, save_freq=20, lr_schedule="constant"))
     steps.train(short, run_dir, tiny_maze_data)
 
-    longer = load_cell_config(write_cell(tmp_path / "long.yaml", n_train_steps=60, save_freq=20))
+    longer = load_cell_config(write_cell(tmp_path / "long.yaml", n_train_steps=60, save_freq=20, lr_schedule="constant"))
     steps.train(longer, run_dir, tiny_maze_data)
     steps_logged = [int(r.split(",")[0]) for r in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
     assert steps_logged == sorted(steps_logged) and steps_logged[-1] == 60, "a longer run continues the shorter one"
     assert not list(tmp_path.glob("run/checkpoints.replaced-*"))
 
     changed = load_cell_config(write_cell(tmp_path / "changed.yaml", n_train_steps=60, save_freq=20,
-                                          learning_rate=1e-3))
+                                          lr_schedule="constant", learning_rate=5e-4))
     steps.train(changed, run_dir, tiny_maze_data)
     replaced = list(run_dir.glob("checkpoints.replaced-*"))
     assert len(replaced) == 1 and latest_checkpoint(replaced[0]).name == "state_00000060.pt"
-    assert load_checkpoint(run_dir / "final.pt")["config"]["learning_rate"] == 1e-3
+    assert load_checkpoint(run_dir / "final.pt")["config"]["learning_rate"] == 5e-4
     rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
     assert int(rows[0].split(",")[0]) == 10, "the changed run starts from step 0 with a fresh metrics table"
