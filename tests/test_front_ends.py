@@ -109,7 +109,8 @@ def test_seed_guide_path_points_to_the_projects_spec(tmp_path):
 
 def test_run_experiment_resumes_an_interrupted_sweep(tmp_path):
     checkout = make_checkout(tmp_path / "checkout")
-    spec = write_spec(tmp_path, TINY_SPEC)
+    # 100 steps: after the checkpoint at step 10 the Ctrl-C has 1.8 s to land, even on a busy machine
+    spec = write_spec(tmp_path, {**TINY_SPEC, "constants": {**TINY_SPEC["constants"], "n_train_steps": 100}})
     first, second = cell_dir(checkout, "online_training~False"), cell_dir(checkout, "online_training~True")
     command = [sys.executable, "run_experiment.py", "-e", str(spec), "-g", "-1", "--cores", "1"]
     # one job at a time (num_workers 1), 20 ms per step: the second cell is training when the first is done
@@ -134,7 +135,7 @@ def test_run_experiment_resumes_an_interrupted_sweep(tmp_path):
     info = json.loads((killed / "run.json").read_text())
     assert info["status"] == "finished" and info["resumed_from"] == step_at_kill >= 10
     steps = [int(row.split(",")[0]) for row in (killed / "metrics.csv").read_text().splitlines()[1:]]
-    assert steps == list(range(1, 31))  # the rows before the interruption were kept
+    assert steps == list(range(1, 101))  # the rows before the interruption were kept
     assert planned_jobs(checkout, "--config", f"spec={spec}") == {}
 
 
