@@ -359,7 +359,7 @@ def test_real_pipeline_runs_the_tiny_sweep_and_resumes_an_interrupted_cell(tmp_p
     sweep = subprocess.Popen(
         [sys.executable, "-m", "snakemake", "--nocolor", "--cores", "1", "--workflow-profile", "workflow/profiles/default"],
         cwd=checkout, env=checkout_env(checkout), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Ctrl-C works
     )
     try:
         wait_for(lambda: any((run_dir / "checkpoints").glob("state_*.pt")) or (run_dir / "final.pt").exists(),
