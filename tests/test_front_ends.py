@@ -20,6 +20,7 @@ from test_workflow import (
     TINY_SPEC,
     cell_dir,
     checkout_env,
+    default_ctrl_c,
     make_checkout,
     planned_jobs,
     requires_real_pipeline,
@@ -114,11 +115,9 @@ def test_run_experiment_resumes_an_interrupted_sweep(tmp_path):
     first, second = cell_dir(checkout, "online_training~False"), cell_dir(checkout, "online_training~True")
     command = [sys.executable, "run_experiment.py", "-e", str(spec), "-g", "-1", "--cores", "1"]
     # one job at a time (num_workers 1), 20 ms per step: the second cell is training when the first is done
-    # a shell's background job (`cmd &`, as some CI runners start the tests) ignores SIGINT, and that is
-    # inherited: give the sweep a terminal's default Ctrl-C
     sweep = subprocess.Popen(command, cwd=checkout, env=checkout_env(checkout, STAND_IN_STEP_SECONDS="0.02"),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                             preexec_fn=default_ctrl_c)
     try:
         wait_for(lambda: (first / "final.pt").exists() or (second / "final.pt").exists(), 120, "a finished cell")
         finished, killed = (first, second) if (first / "final.pt").exists() else (second, first)

@@ -326,6 +326,12 @@ def test_changed_setting_reruns_only_what_it_affects(finished_sweep, tmp_path):
     assert (cell_dir(checkout, "online_training~True") / "final.pt").exists()  # kept, just not summarized
 
 
+def default_ctrl_c() -> None:
+    """preexec_fn for a sweep a test interrupts: a shell's background job (`cmd &`, as some CI runners
+    start the tests) has SIGINT ignored, and children inherit that; restore a terminal's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -359,7 +365,7 @@ def test_real_pipeline_runs_the_tiny_sweep_and_resumes_an_interrupted_cell(tmp_p
     sweep = subprocess.Popen(
         [sys.executable, "-m", "snakemake", "--nocolor", "--cores", "1", "--workflow-profile", "workflow/profiles/default"],
         cwd=checkout, env=checkout_env(checkout), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Ctrl-C works
+        start_new_session=True, preexec_fn=default_ctrl_c,
     )
     try:
         wait_for(lambda: any((run_dir / "checkpoints").glob("state_*.pt")) or (run_dir / "final.pt").exists(),
