@@ -5,6 +5,9 @@ Dataset names (docs/INTERFACES.md):
   `data/raw/generated/<name>.hdf5` (when missing or made with other settings), then read like a
   D4RL file;
 - `minari:<dataset id>`: a dataset in the local Minari store (never downloaded);
+- `ogbench:<single-task name>`: the user's official OGBench file where OGBench keeps it
+  (`ogbench_source.official_dirs`), else generated with the package's oracles into
+  `data/raw/generated/ogbench/<OGBench file name>`; read with the package's loader and relabelling;
 - anything else: a D4RL name, read from `data/raw/d4rl/<name>.hdf5`.
 
 Preparing is idempotent: an existing processed dataset built from the same source (same kind,
@@ -37,8 +40,17 @@ from diffuser.datasets.episodes import (
 from diffuser.datasets.errors import DatasetError
 from diffuser.datasets.generate import generate_locomotion_hdf5, generate_maze2d_hdf5
 from diffuser.datasets.minari_source import minari_dataset_dir, read_minari
+from diffuser.datasets.ogbench_generate import generate_ogbench_dataset, read_generation_settings
+from diffuser.datasets.ogbench_source import find_official_file, official_dirs, read_ogbench
 from diffuser.envs.make import EnvironmentUnavailable, make_env
-from diffuser.envs.scores import reference_scores
+from diffuser.envs.ogbench_tasks import PREFIX as OGBENCH_PREFIX
+from diffuser.envs.ogbench_tasks import parse_task
+from diffuser.envs.scores import (
+    NORMALIZED_RETURN_SCORE,
+    SUCCESS_RATE_SCORE,
+    SUCCESS_RATE_SOURCE,
+    reference_scores,
+)
 from diffuser.envs.specs import LOCOMOTION_ENV_IDS, MAZE_ENV_IDS, env_spec_for_dataset
 
 logger = logging.getLogger(__name__)
@@ -54,8 +66,8 @@ _HASH_CHUNK = 1 << 20
 class Source:
     """Where a dataset's steps come from."""
 
-    kind: str  # "generated" | "d4rl" | "minari"
-    path: Path  # the HDF5 file, or the Minari dataset's directory
+    kind: str  # "generated" | "d4rl" | "minari" | "ogbench" (a user's official OGBench file)
+    path: Path  # the HDF5 or OGBench .npz file, or the Minari dataset's directory
     generation: dict | None  # generation settings of a generated dataset, else None
 
 
@@ -76,6 +88,14 @@ def resolve_source(
         return Source("generated", raw / "generated" / f"{name}.hdf5", generation)
     if name.startswith(MINARI_PREFIX):
         return Source("minari", minari_dataset_dir(name[len(MINARI_PREFIX) :]), None)
+    if name.startswith(OGBENCH_PREFIX):
+        task = parse_task(name)
+        official = find_official_file(task, data_dir)
+        if official is not None:
+            return Source("ogbench", official, None)
+        # OGBench's recipe fixes the noise; only the size and the seed are settings.
+        generation = {"steps": steps, "action_noise": None, "seed": seed}
+        return Source("generated", raw / "generated" / "ogbench" / task.dataset_file, generation)
     return Source("d4rl", raw / "d4rl" / f"{name}.hdf5", None)
 
 
@@ -117,6 +137,9 @@ def _stale_reason(out: Path, name: str, source: Source) -> str | None:
 
 def _generated_file_matches(path: Path, generation: dict) -> bool:
     """Whether the raw file at `path` was generated with these settings (read from its attributes)."""
+    if path.suffix == ".npz":
+        attrs = read_generation_settings(path) or {}
+        return all(value is None or attrs.get(key) == value for key, value in generation.items())
     try:
         with h5py.File(path, "r") as file:
             attrs = dict(file.attrs)
@@ -126,14 +149,22 @@ def _generated_file_matches(path: Path, generation: dict) -> bool:
     return all(value is None or attrs.get(key) == value for key, value in generation.items())
 
 
-def _generate(name: str, source: Source, force: bool) -> None:
+def _generate(name: str, source: Source, force: bool, data_dir: str | os.PathLike) -> None:
     settings = source.generation
     if not force and source.path.exists():
         if _generated_file_matches(source.path, settings):
             return
         logger.warning("regenerating %s: it was generated with settings other than %s", source.path, settings)
     logger.info("generating %s (%s)", source.path, settings)
-    if maze := GENERATED_MAZE.fullmatch(name):
+    if name.startswith(OGBENCH_PREFIX):
+        task = parse_task(name)
+        searched = ", ".join(str(directory) for directory in official_dirs(data_dir))
+        logger.warning(
+            "%s: no official %s in %s; generating %d steps with OGBench's oracles (%s recipe, seed %d)",
+            name, task.dataset_file, searched, settings["steps"], task.kind, settings["seed"],
+        )
+        generate_ogbench_dataset(source.path, task, n_steps=settings["steps"], seed=settings["seed"])
+    elif maze := GENERATED_MAZE.fullmatch(name):
         generate_maze2d_hdf5(
             source.path,
             maze[1],
@@ -163,6 +194,17 @@ def _read_source(name: str, source: Source) -> tuple[dict[str, np.ndarray], dict
         return arrays, info
     # Resolve the evaluation task before reading: an unknown name fails before a long read.
     spec = env_spec_for_dataset(name)
+    if name.startswith(OGBENCH_PREFIX):
+        info = {
+            **spec,
+            "action_low": None,
+            "action_high": None,
+            "ref_min_score": None,
+            "ref_max_score": None,
+            "reference_source": SUCCESS_RATE_SOURCE,
+            "score": SUCCESS_RATE_SCORE,
+        }
+        return read_ogbench(source.path, parse_task(name)), info
     ref_min, ref_max, reference_source = reference_scores(name)
     arrays = read_d4rl_hdf5(source.path)
     info = {
@@ -221,12 +263,25 @@ def _metadata(name: str, source: Source, arrays: dict, info: dict, starts: np.nd
         "n_steps": n_steps,
         # "kept" when the data stops mid-episode: that last episode's final transition is a cut.
         "partial_last_episode": "none" if arrays["terminals"][-1] or arrays["timeouts"][-1] else "kept",
-        "ref_min_score": float(info["ref_min_score"]),
-        "ref_max_score": float(info["ref_max_score"]),
+        "ref_min_score": _float_or_none(info["ref_min_score"]),
+        "ref_max_score": _float_or_none(info["ref_max_score"]),
         "reference_source": info["reference_source"],
+        "score": info.get("score", NORMALIZED_RETURN_SCORE),
         "stats": compute_stats(arrays),
         "generation": source.generation,
+        "source_bytes": _source_bytes(source.path),
+        # what a generated OGBench file records of its recipe (policy, noise, episodes, package version)
+        "source_generation": read_generation_settings(source.path) if source.path.suffix == ".npz" else None,
     }
+
+
+def _float_or_none(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def _source_bytes(path: Path) -> int:
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    return sum(file.stat().st_size for file in files)
 
 
 def prepare_dataset(
@@ -257,7 +312,7 @@ def prepare_dataset(
             logger.warning("rebuilding %s: %s", out, reason)
 
     if source.kind == "generated":
-        _generate(name, source, force)
+        _generate(name, source, force, data_dir)
     arrays, info = _read_source(name, source)
 
     obs_dim = action_dim = None

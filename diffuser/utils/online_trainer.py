@@ -33,7 +33,7 @@ from torch import nn
 from diffuser.config import ConfigError
 from diffuser.datasets.sequence import VAESequenceDataset
 from diffuser.envs.make import make_env
-from diffuser.envs.scores import normalized_score
+from diffuser.envs.scores import episode_scores
 from diffuser.models.denoisers import mlp
 from diffuser.utils.trainer import Trainer
 
@@ -214,6 +214,7 @@ class OnlineRLTrainer(Trainer):
             "id": self.episodes_started,
             "observation": np.asarray(observation, dtype=np.float64),
             "return": 0.0,
+            "success": False,
             "history_observations": torch.zeros(1, h, self.dataset.obs_dim, device=self.device),
             "history_actions": torch.zeros(1, h, self.dataset.action_dim, device=self.device),
             "history_mask": torch.zeros(1, h, dtype=torch.bool, device=self.device),
@@ -240,6 +241,7 @@ class OnlineRLTrainer(Trainer):
             "observations", "history_observations", "history_actions", "history_mask", "chains", "log_probs",
             "rewards", "discounts", "terminals", "episode_ends", "next_observations")}
         returns_done: list[float] = []
+        successes_done: list[bool] = []
         done_steps = 0
         while done_steps < n_steps:
             if self._episode is None:
@@ -254,12 +256,13 @@ class OnlineRLTrainer(Trainer):
             reward, factor, terminal, episode_end = 0.0, 1.0, False, False
             for action in chunk:
                 raw_action = action_normalizer.unnormalize(action).cpu().numpy().astype(np.float64)
-                next_observation, r, terminated, truncated, _ = self.env.step(raw_action)
+                next_observation, r, terminated, truncated, info = self.env.step(raw_action)
                 self.buffer.add(ep["observation"], raw_action, float(r), bool(terminated), bool(truncated),
                                 np.asarray(next_observation, dtype=np.float64), ep["id"])
                 reward += factor * scale * float(r)
                 factor *= discount
                 ep["return"] += float(r)
+                ep["success"] |= bool(info.get("success", False))
                 self._push_history(ep, self._normalize_obs(ep["observation"]), action)
                 ep["observation"] = np.asarray(next_observation, dtype=np.float64)
                 done_steps += 1
@@ -267,6 +270,7 @@ class OnlineRLTrainer(Trainer):
                 if terminated or truncated:
                     terminal, episode_end = bool(terminated), True
                     returns_done.append(ep["return"])
+                    successes_done.append(ep["success"])
                     break
                 if done_steps >= n_steps:
                     break
@@ -284,8 +288,7 @@ class OnlineRLTrainer(Trainer):
         if returns_done:
             metadata = self.dataset.metadata
             metrics["online_episode_return"] = float(np.mean(returns_done))
-            metrics["online_normalized_score"] = float(np.mean(
-                normalized_score(np.asarray(returns_done), metadata["ref_min_score"], metadata["ref_max_score"])))
+            metrics["online_normalized_score"] = float(np.mean(episode_scores(returns_done, successes_done, metadata)))
         return metrics
 
     def _push_history(self, episode: dict, obs: torch.Tensor, action: torch.Tensor) -> None:
