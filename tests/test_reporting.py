@@ -212,3 +212,19 @@ def test_aggregate_command_reads_the_cells_of_its_spec_only(tmp_path):
     assert summary["seeds"].tolist() == ["100 200", "100 200"]
     assert summary.loc["online_training=False", "mean"] == pytest.approx(45.0)
     assert json.loads((exp_dir / "summary.json").read_text())["online_training=False"]["n_seeds"] == 2
+
+
+def test_success_rate_scores_are_named_so_in_summary_and_figures(tmp_path):
+    from diffuser.reporting.figures import final_score_label, metric_label
+
+    plain = collect_cells(make_experiment(tmp_path / "plain"), VARIABLES)
+    assert set(summarize(plain, VARIABLES)["score"]) == {"normalized_return"}
+    assert final_score_label(plain) == "Normalized score (final evaluation)"
+
+    exp_dir = make_experiment(tmp_path / "ogbench")
+    for path in exp_dir.rglob("eval.json"):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "score": "success_rate"}))
+    cells = collect_cells(exp_dir, VARIABLES)
+    assert set(summarize(cells, VARIABLES)["score"]) == {"success_rate"}
+    assert final_score_label(cells) == "Success rate, % (final evaluation)"
+    assert metric_label("eval_normalized_score", "success_rate") == "Success rate, % (evaluation)"
