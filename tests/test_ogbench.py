@@ -17,7 +17,7 @@ from diffuser.datasets.ogbench_generate import (  # noqa: E402
     validation_path,
 )
 from diffuser.datasets.ogbench_source import USER_DIR_VARIABLE, read_ogbench  # noqa: E402
-from diffuser.datasets.prepare import prepare_dataset  # noqa: E402
+from diffuser.datasets.prepare import dataset_key, dataset_name_problem, prepare_dataset  # noqa: E402
 from diffuser.envs.make import EnvironmentUnavailable, import_ogbench, make_env  # noqa: E402
 from diffuser.envs.ogbench_tasks import OGBenchNameError, parse_task  # noqa: E402
 from diffuser.envs.scores import episode_scores  # noqa: E402
@@ -68,11 +68,20 @@ def test_unsupported_or_expert_policy_names_fail_with_one_line(name, words):
     assert isinstance(error.value, DatasetError)  # shown by the CLI as one line
 
 
+def test_names_are_checked_before_any_job_and_keyed_by_generation_settings():
+    assert dataset_name_problem(MAZE) is None
+    problem = dataset_name_problem("ogbench:humanoidmaze-large-navigate-singletask-v0")
+    assert "expert policies" in problem and "\n" not in problem
+    assert dataset_key(CUBE, 30000, 0.5, 2) == f"{CUBE}-30000steps-seed2"
+
+
 def test_missing_package_fails_with_one_line(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "ogbench", None)
     with pytest.raises(EnvironmentUnavailable) as error:
         import_ogbench()
     assert "pip install" in str(error.value) and "\n" not in str(error.value)
+    problem = dataset_name_problem(MAZE)  # the check before any job says the same
+    assert "pip install 'ogbench" in problem and "\n" not in problem
 
 
 def test_generated_maze_file_reads_the_same_with_the_package_loader(tmp_path):
