@@ -14,6 +14,7 @@ from diffuser.datasets.errors import DatasetError  # noqa: E402
 from diffuser.datasets.ogbench_generate import (  # noqa: E402
     GENERATION_KEY,
     generate_ogbench_dataset,
+    seeded_global_numpy,
     validation_path,
 )
 from diffuser.datasets.ogbench_source import USER_DIR_VARIABLE, read_ogbench  # noqa: E402
@@ -238,31 +239,35 @@ def test_generated_manipulation_file_reads_the_same_with_the_package_loader(tmp_
     assert np.abs(ours["actions"]).max() <= 1.0 and np.abs(ours["actions"]).max() > 0.1  # the oracle moves
 
 
+def _cube_oracle_episode(env, oracle, seed: int) -> bool:
+    """One episode of the noiseless play oracle on the single-task cube env; whether it succeeded."""
+    from ogbench.manipspace import lie
+
+    cube = env.unwrapped
+    target = cube._cube_target_mocap_ids[0]
+    observation, info = env.reset(seed=seed)
+    # The task's goal as the play oracle's privileged target (the task env does not report it).
+    goal = {
+        "privileged/target_block": 0,
+        "privileged/target_block_pos": cube._data.mocap_pos[target].copy(),
+        "privileged/target_block_yaw": np.array([lie.SO3(cube._data.mocap_quat[target]).compute_yaw_radians()]),
+    }
+    oracle.reset(observation, {**info, **goal})
+    done, success = False, False
+    while not done:
+        action = np.clip(oracle.select_action(observation, info), -1.0, 1.0)
+        observation, _, terminated, truncated, info = env.step(action)
+        done, success = terminated or truncated, success or bool(info["success"])
+    return success
+
+
 @pytest.mark.slow
 def test_noiseless_cube_oracle_solves_its_task():
-    from ogbench.manipspace import lie
     from ogbench.manipspace.oracles.plan.cube_plan import CubePlanOracle
 
     env = make_env(env_spec_for_dataset(CUBE))
-    cube = env.unwrapped
     oracle = CubePlanOracle(env=env, noise=0.0)
-    target = cube._cube_target_mocap_ids[0]
-    solved = 0
-    np.random.seed(0)  # the oracle's plan timing is drawn from numpy's global RNG
-    for episode in range(5):
-        observation, info = env.reset(seed=episode)
-        # The task's goal as the play oracle's privileged target (the task env does not report it).
-        goal = {
-            "privileged/target_block": 0,
-            "privileged/target_block_pos": cube._data.mocap_pos[target].copy(),
-            "privileged/target_block_yaw": np.array([lie.SO3(cube._data.mocap_quat[target]).compute_yaw_radians()]),
-        }
-        oracle.reset(observation, {**info, **goal})
-        done, success = False, False
-        while not done:
-            action = np.clip(oracle.select_action(observation, info), -1.0, 1.0)
-            observation, _, terminated, truncated, info = env.step(action)
-            done, success = terminated or truncated, success or bool(info["success"])
-        solved += success
+    with seeded_global_numpy(0):  # the oracle's plan timing is drawn from numpy's global RNG
+        solved = sum(_cube_oracle_episode(env, oracle, seed) for seed in range(5))
     # Measured: 8 of 8 episodes on task1, task4 and the default task, in about 65 steps each.
     assert solved >= 4
