@@ -161,11 +161,17 @@ def test_official_file_where_ogbench_keeps_it_is_read_instead_of_generating(tmp_
     assert metadata["source_path"] == str(default_dir / task.dataset_file)
 
 
-def test_corrupt_official_file_fails_with_one_line(tmp_path):
+@pytest.mark.parametrize("damage", ["not an archive", "truncated"])
+def test_corrupt_official_file_fails_with_one_line(tmp_path, damage):
     task = parse_task(MAZE)
     raw = tmp_path / "data" / "raw" / "ogbench"
-    raw.mkdir(parents=True)
-    (raw / task.dataset_file).write_bytes(b"not a zip archive")
+    if damage == "truncated":
+        generate_ogbench_dataset(raw / task.dataset_file, task, n_steps=100, seed=0, episode_length=100)
+        content = (raw / task.dataset_file).read_bytes()
+        (raw / task.dataset_file).write_bytes(content[: len(content) // 2])
+    else:
+        raw.mkdir(parents=True)
+        (raw / task.dataset_file).write_bytes(b"not a zip archive")
     with pytest.raises(DatasetError) as error:
         prepare_dataset(MAZE, tmp_path / "data", steps=1000, seed=0)
     assert str(raw / task.dataset_file) in str(error.value) and "\n" not in str(error.value)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import zipfile
 from collections import defaultdict
 from importlib.metadata import version
 from pathlib import Path
@@ -263,5 +264,5 @@ def read_generation_settings(path: str | os.PathLike) -> dict | None:
     try:
         with np.load(path, allow_pickle=False) as file:
             return json.loads(str(file[GENERATION_KEY])) if GENERATION_KEY in file.files else None
-    except (OSError, ValueError):
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError):  # unreadable: treated as not ours
         return None

@@ -20,6 +20,7 @@ Conversion (OGBench's keys -> ours):
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import gymnasium as gym
@@ -33,7 +34,7 @@ USER_DIR_VARIABLE = "OGBENCH_DATASET_DIR"
 # ogbench.utils.DEFAULT_DATASET_DIR, where `ogbench.download_datasets` puts the files.
 OGBENCH_DEFAULT_DIR = "~/.ogbench/data"
 # What numpy raises on a missing key or a truncated/corrupt .npz.
-_NPZ_READ_ERRORS = (OSError, ValueError, KeyError, EOFError)
+_NPZ_READ_ERRORS = (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError)
 
 
 def official_dirs(data_dir: str | os.PathLike) -> list[Path]:
