@@ -10,9 +10,8 @@ own conventions (ogbench.utils.make_env_and_datasets) map it to
 
 Supported here are the names whose data OGBench made with the scripted oracles the package ships:
 the manipulation `play` datasets and the point-maze `navigate` datasets. The ant and humanoid
-mazes' data came from trained expert policies that the package does not ship, so those names
-stop with a message (a user's official file of them is not read either: their evaluation needs
-nothing else, but we cannot regenerate or check them, so they are left out rather than half-supported).
+mazes' (and ant soccer's) data came from trained expert policies that the package does not ship, so
+those names stop with a message saying so.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from dataclasses import dataclass
 from diffuser.datasets.errors import DatasetError
 
 PREFIX = "ogbench:"
-PACKAGE = "ogbench"
 INSTALL_HINT = "pip install 'ogbench==1.2.2'"
 
 # environment family -> the recipe of its dataset type (OGBench's data_gen_scripts/commands.sh)
