@@ -28,8 +28,8 @@ import torch
 from _common import add_common_arguments, cell_config, ensure_dataset, median, print_table, set_threads
 
 from diffuser import steps
-from diffuser.utils.checkpoint import load_checkpoint
-from diffuser.utils.evaluator import MADEvaluator
+from diffuser.evaluation.evaluator import MADEvaluator
+from diffuser.training.checkpoints import load_checkpoint
 
 # The demo's model size (config/config.yaml); the rest of the config is the schema's defaults.
 DEMO_SIZE = {"vae_latent_dim": 16, "trajectory_latent_dim": 64, "hidden_dim": 256}

@@ -10,12 +10,12 @@ import sys
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that describe a user's mistake: shown as one line, without a traceback."""
     from diffuser.config import ConfigError
-    from diffuser.datasets.errors import DatasetError
     from diffuser.envs.make import EnvironmentUnavailable
+    from diffuser.errors import DatasetError
     from diffuser.reporting import ReportError
-    from diffuser.utils.checkpoint import CheckpointError
-    from diffuser.utils.gpu_pool import GpuPoolError
-    from diffuser.utils.trainer import TrainingDiverged
+    from diffuser.runtime.gpu_pool import GpuPoolError
+    from diffuser.training.checkpoints import CheckpointError
+    from diffuser.training.trainer import TrainingDiverged
 
     return (
         ConfigError,

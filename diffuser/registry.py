@@ -17,9 +17,9 @@ CLASSES: dict[str, tuple[str, str]] = {
     "models.DiffusionRL": ("diffuser.models", "DiffusionRL"),
     "models.BC": ("diffuser.models", "BC"),
     "datasets.VAESequenceDataset": ("diffuser.datasets.sequence", "VAESequenceDataset"),
-    "utils.Trainer": ("diffuser.utils.trainer", "Trainer"),
-    "utils.OnlineRLTrainer": ("diffuser.utils.online_trainer", "OnlineRLTrainer"),
-    "utils.MADEvaluator": ("diffuser.utils.evaluator", "MADEvaluator"),
+    "utils.Trainer": ("diffuser.training.trainer", "Trainer"),
+    "utils.OnlineRLTrainer": ("diffuser.training.online.trainer", "OnlineRLTrainer"),
+    "utils.MADEvaluator": ("diffuser.evaluation.evaluator", "MADEvaluator"),
 }
 # The seed's guide names utils.OfflineRLTrainer for online + offline training and calls it
 # offline-only in the same line; it, like a null trainer, means "the trainer the mode needs".

@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from diffuser.utils.checkpoint import load_checkpoint, save_checkpoint
-from diffuser.utils.metrics import MetricsLogger
-from diffuser.utils.progress import progress_bar
-from diffuser.utils.trainer import make_optimizer
+from diffuser.runtime.progress import progress_bar
+from diffuser.training.checkpoints import load_checkpoint, save_checkpoint
+from diffuser.training.metrics import MetricsLogger
+from diffuser.training.trainer import make_optimizer
 
 
 def processed_dir(config: dict, data_dir: str | os.PathLike = "data") -> Path:
@@ -59,7 +59,7 @@ def set_threads(config: dict) -> None:
 
 
 def _claim_device(config: dict):
-    from diffuser.utils.gpu_pool import claim_device
+    from diffuser.runtime.gpu_pool import claim_device
 
     return claim_device(config["device"])
 
@@ -153,7 +153,7 @@ def _write_run_info(run_dir: Path, config: dict, claim, **fields) -> None:
 def policy_from_state(state: dict, device="cpu"):
     """A PolicyRunner over the EMA weights of a checkpoint (final.pt or any training checkpoint)."""
     from diffuser.datasets.normalization import normalizer_from_state_dict
-    from diffuser.utils.policy import PolicyRunner
+    from diffuser.evaluation.policy import PolicyRunner
 
     config = state["config"]
     model = build_model(config, state["obs_dim"], state["action_dim"]).to(device)

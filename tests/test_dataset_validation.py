@@ -18,7 +18,7 @@ from diffuser.datasets.episodes import (
     split_episodes,
     validate_arrays,
 )
-from diffuser.datasets.errors import DatasetError
+from diffuser.errors import DatasetError
 
 SOURCE = "data/raw/d4rl/toy.hdf5"
 

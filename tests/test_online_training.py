@@ -15,8 +15,8 @@ from test_training import TINY
 from diffuser import steps
 from diffuser.config import load_cell_config
 from diffuser.envs.make import EnvironmentUnavailable
-from diffuser.utils.checkpoint import latest_checkpoint, load_checkpoint
-from diffuser.utils.online_trainer import OnlineRLTrainer, collection_steps, gae_advantages
+from diffuser.training.checkpoints import latest_checkpoint, load_checkpoint
+from diffuser.training.online.trainer import OnlineRLTrainer, collection_steps, gae_advantages
 
 ONLINE = {**TINY, "online_training": True, "rl_warmup_steps": 30, "rl_collect_freq": 20, "rl_collect_steps": 7,
           "rl_update_freq": 5, "save_freq": 1000}

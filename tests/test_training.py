@@ -10,8 +10,8 @@ import yaml
 from conftest import PYTHON, ROOT, python_env
 
 from diffuser.config import load_cell_config
-from diffuser.utils.checkpoint import latest_checkpoint, load_checkpoint
-from diffuser.utils.trainer import TrainingDiverged
+from diffuser.training.checkpoints import latest_checkpoint, load_checkpoint
+from diffuser.training.trainer import TrainingDiverged
 
 TINY = {
     "dataset": "gen-maze2d-umaze",

@@ -18,7 +18,7 @@ import numpy as np
 from diffuser.envs.make import make_env
 from diffuser.envs.maze_controller import MazeWaypointController
 from diffuser.envs.specs import LOCOMOTION_ENV_IDS, MAZE_ENV_IDS, locomotion_spec, maze_spec
-from diffuser.utils.progress import progress_bar
+from diffuser.runtime.progress import progress_bar
 
 _PROGRESS_EVERY = 1000  # steps between progress-bar updates
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffuser.datasets.errors import DatasetError
+from diffuser.errors import DatasetError
 
 # A dimension whose spread is below this is constant in the data: it gets scale 1 instead, so it
 # maps to 0 and a value that differs from it at evaluation is not blown up by a division by ~0.

@@ -34,12 +34,12 @@ from diffuser.datasets.episodes import (
     split_episodes,
     validate_arrays,
 )
-from diffuser.datasets.errors import DatasetError
 from diffuser.datasets.generate import generate_locomotion_hdf5, generate_maze2d_hdf5
 from diffuser.datasets.minari_source import minari_dataset_dir, read_minari
 from diffuser.envs.make import EnvironmentUnavailable, make_env
 from diffuser.envs.scores import reference_scores
 from diffuser.envs.specs import LOCOMOTION_ENV_IDS, MAZE_ENV_IDS, env_spec_for_dataset
+from diffuser.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from snakemake.exceptions import WorkflowError
 
 from diffuser.config import ConfigError, load_workflow_spec, needs_vae_pretraining, vae_config, vae_key
 from diffuser.datasets.prepare import resolve_source
-from diffuser.utils.gpu_pool import pool_ids
+from diffuser.runtime.gpu_pool import pool_ids
 
 DEFAULT_SPEC = "config/config.yaml"
 DATA_DIR = "data"

@@ -9,7 +9,7 @@ import torch
 
 from diffuser.envs.make import make_vector_env
 from diffuser.envs.scores import normalized_score
-from diffuser.utils.policy import PolicyRunner
+from diffuser.evaluation.policy import PolicyRunner
 
 
 class MADEvaluator:

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import torch
 
-from diffuser.utils.checkpoint import (
+from diffuser.evaluation.policy import PolicyRunner
+from diffuser.runtime.progress import progress_bar
+from diffuser.training.checkpoints import (
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
     step_checkpoint_path,
 )
-from diffuser.utils.metrics import MetricsLogger
-from diffuser.utils.policy import PolicyRunner
-from diffuser.utils.progress import progress_bar
+from diffuser.training.metrics import MetricsLogger
 
 # Config keys a resumed run may change without changing what it computes (a longer run extends a shorter one).
 RESUMABLE_KEYS = frozenset({

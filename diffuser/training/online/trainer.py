@@ -35,7 +35,7 @@ from diffuser.datasets.sequence import VAESequenceDataset
 from diffuser.envs.make import make_env
 from diffuser.envs.scores import normalized_score
 from diffuser.models.denoisers import mlp
-from diffuser.utils.trainer import Trainer
+from diffuser.training.trainer import Trainer
 
 # Seeds of the online episodes' resets: seed * EPISODE_SEED_STRIDE + episode index.
 EPISODE_SEED_STRIDE = 1_000_003
