@@ -49,6 +49,9 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from diffuser.errors import ConfigError
+from diffuser.registry import MODELS_WITH_VAE, OFFLINE_TRAINER, ONLINE_TRAINER
+
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 CELL_SCHEMA_PATH = SCHEMA_DIR / "cell.schema.yaml"
 SPEC_SCHEMA_PATH = SCHEMA_DIR / "spec.schema.yaml"
@@ -78,10 +81,6 @@ VAE_KEYS = (
     "seed",
 )
 DATASET_GENERATION_KEYS = ("dataset_steps", "dataset_action_noise", "dataset_seed")
-
-
-class ConfigError(ValueError):
-    """A spec or cell config that cannot run; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -387,10 +386,10 @@ def _cell_problems(config: dict) -> list[str]:
             f"({config['n_diffusion_steps']}); the sampler cannot take more steps than the process has."
         )
     trainer, online = config["trainer"], config["online_training"]
-    if trainer == "utils.Trainer" and online:
-        problems.append("trainer utils.Trainer trains offline only but online_training is true; set trainer: null.")
-    if trainer == "utils.OnlineRLTrainer" and not online:
-        problems.append("trainer utils.OnlineRLTrainer needs online_training: true; set trainer: null.")
+    if trainer == OFFLINE_TRAINER and online:
+        problems.append(f"trainer {OFFLINE_TRAINER} trains offline only but online_training is true; set trainer: null.")
+    if trainer == ONLINE_TRAINER and not online:
+        problems.append(f"trainer {ONLINE_TRAINER} needs online_training: true; set trainer: null.")
     if online and config["diffusion"] == "models.BC":
         problems.append("models.BC has no denoising chain to fine-tune online; set online_training: false or diffusion: models.DiffusionRL.")
     if online and config["rl_warmup_steps"] >= config["n_train_steps"]:
@@ -535,8 +534,6 @@ def save_yaml(data: Mapping, path: str | os.PathLike) -> Path:
 
 
 def needs_vae_pretraining(config: Mapping) -> bool:
-    from diffuser.registry import MODELS_WITH_VAE
-
     return config["diffusion"] in MODELS_WITH_VAE and config["vae_pretrain_steps"] > 0
 
 

@@ -206,7 +206,7 @@ def test_chain_policy_log_prob_matches_its_sampler_and_has_gradients():
 @pytest.mark.parametrize("kind", ["gru", "transformer"])
 def test_trajectory_encoder_ignores_masked_steps(kind):
     torch.manual_seed(0)
-    encoder = TrajectoryEncoder(OBS_DIM, ACTION_DIM, history_horizon=4, latent_dim=8, kind=kind)
+    encoder = TrajectoryEncoder(OBS_DIM, ACTION_DIM, history_horizon=4, latent_dim=8, kind=kind, use_actions=True)
     observations, actions = torch.randn(6, 4, OBS_DIM), torch.randn(6, 4, ACTION_DIM)
     mask = torch.tensor([[True] * 4, [False, True, True, True], [False, False, True, True],
                          [False, False, False, True], [False] * 4, [True, False, True, False]])

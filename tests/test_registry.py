@@ -2,7 +2,7 @@
 
 import pytest
 
-from diffuser.config import ConfigError, cell_defaults, cell_schema
+from diffuser.config import ConfigError, cell_defaults, cell_schema, validate_cell_config
 from diffuser.registry import (
     CLASSES,
     RegistryError,
@@ -66,9 +66,9 @@ def test_trainer_follows_the_mode(trainer, online, expected):
     assert trainer_name({**cell_defaults(), "trainer": trainer, "online_training": online}) == expected
 
 
-def test_trainer_that_contradicts_the_mode_is_refused():
+def test_trainer_that_contradicts_the_mode_is_refused_by_validation():
     with pytest.raises(ConfigError, match="online_training"):
-        trainer_name({**cell_defaults(), "trainer": "utils.Trainer", "online_training": True})
+        validate_cell_config({**cell_defaults(), "trainer": "utils.Trainer", "online_training": True})
 
 
 def test_offline_rl_trainer_alone_does_not_resolve():

@@ -97,7 +97,7 @@ def reference_item(arrays, dataset, t: int) -> dict:
 
 
 def make_dataset(source=None, **kwargs) -> VAESequenceDataset:
-    options = {"history_horizon": 3, "action_horizon": 2, "discount": 0.9, "reward_scale": 2.0} | kwargs
+    options = {"history_horizon": 3, "action_horizon": 2, "discount": 0.9, "reward_scale": 2.0, "normalizer": "gaussian"} | kwargs
     return VAESequenceDataset(source if source is not None else synthetic(), **options)
 
 

@@ -39,7 +39,7 @@ from diffuser.datasets.minari_source import minari_dataset_dir, read_minari
 from diffuser.envs.make import EnvironmentUnavailable, make_env
 from diffuser.envs.scores import reference_scores
 from diffuser.envs.specs import LOCOMOTION_ENV_IDS, MAZE_ENV_IDS, env_spec_for_dataset
-from diffuser.errors import DatasetError
+from diffuser.errors import ConfigError, DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -64,15 +64,21 @@ def processed_path(name: str, data_dir: str | os.PathLike = "data") -> Path:
 
 
 def resolve_source(
-    name: str, data_dir: str | os.PathLike, steps: int, action_noise: float, seed: int
+    name: str, data_dir: str | os.PathLike, steps: int | None, action_noise: float | None, seed: int | None
 ) -> Source:
+    """The source of dataset `name`; `steps`, `action_noise` and `seed` set a generated one (the cell keys
+    dataset_steps, dataset_action_noise, dataset_seed) and are not read for the others."""
     raw = Path(data_dir) / "raw"
-    if GENERATED_MAZE.fullmatch(name):
-        generation = {"steps": steps, "action_noise": action_noise, "seed": seed}
-        return Source("generated", raw / "generated" / f"{name}.hdf5", generation)
-    if GENERATED_LOCOMOTION.fullmatch(name):
+    maze = GENERATED_MAZE.fullmatch(name)
+    if maze or GENERATED_LOCOMOTION.fullmatch(name):
         # Random-policy data has no action noise to set.
-        generation = {"steps": steps, "action_noise": None, "seed": seed}
+        generation = {"steps": steps, "action_noise": action_noise if maze else None, "seed": seed}
+        missing = [key for key, value in generation.items() if value is None and (maze or key != "action_noise")]
+        if missing:
+            raise ConfigError(
+                f"dataset {name} is generated: give its {', '.join(missing)} (the cell keys dataset_steps, "
+                "dataset_action_noise, dataset_seed; `python -m diffuser prepare` takes their schema defaults)."
+            )
         return Source("generated", raw / "generated" / f"{name}.hdf5", generation)
     if name.startswith(MINARI_PREFIX):
         return Source("minari", minari_dataset_dir(name[len(MINARI_PREFIX) :]), None)
@@ -233,14 +239,14 @@ def prepare_dataset(
     name: str,
     data_dir: str | os.PathLike = "data",
     *,
-    steps: int = 100_000,
-    action_noise: float = 0.5,
-    seed: int = 0,
+    steps: int | None = None,
+    action_noise: float | None = None,
+    seed: int | None = None,
     force: bool = False,
 ) -> Path:
     """Build `<data_dir>/processed/<name>/` (episodes.npz + metadata.json) from the dataset's source.
 
-    `steps`, `action_noise` and `seed` set a generated dataset (ignored for D4RL and Minari ones).
+    `steps`, `action_noise` and `seed` set a generated dataset (required there, unused for D4RL and Minari ones).
     Returns at once when the processed dataset is up to date; `force` rebuilds it (and regenerates
     a generated source). The steps are validated before anything is written: against the
     evaluation env's observation/action dimensions and action bounds where the env can be built

@@ -5,12 +5,10 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
+from diffuser.errors import EnvironmentUnavailable
+
 # Env ids that gymnasium-robotics registers when imported; everything else used here is gymnasium's own.
 _ROBOTICS_ENV_PREFIXES = ("PointMaze_", "AntMaze_")
-
-
-class EnvironmentUnavailable(RuntimeError):
-    """The environment a dataset is evaluated on cannot be built here (unknown id or missing package)."""
 
 
 class FlattenDictObservation(gym.ObservationWrapper):

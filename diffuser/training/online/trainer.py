@@ -30,15 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffuser.config import ConfigError
 from diffuser.datasets.sequence import VAESequenceDataset
 from diffuser.envs.make import make_env
 from diffuser.envs.scores import normalized_score
 from diffuser.models.denoisers import mlp
+from diffuser.runtime.seeding import COLLECTION_STREAM, generator, online_reset_seed
 from diffuser.training.trainer import Trainer
 
-# Seeds of the online episodes' resets: seed * EPISODE_SEED_STRIDE + episode index.
-EPISODE_SEED_STRIDE = 1_000_003
 BUFFER_FIELDS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations", "episode_ids")
 
 
@@ -114,11 +112,6 @@ class OnlineBuffer:
 
 class OnlineRLTrainer(Trainer):
     def __init__(self, config: dict, dataset, model: nn.Module, run_dir, evaluator=None, device="cpu"):
-        if not all(hasattr(model, name) for name in ("sample_latent_chain", "latent_chain_log_prob", "chain_entropy")):
-            raise ConfigError(
-                f"online_training: true needs a model with a denoising chain policy (models.DiffusionRL); "
-                f"{config['diffusion']} has none: set online_training: false for it."
-            )
         super().__init__(config, dataset, model, run_dir, evaluator=evaluator, device=device)
         # Built now so a dataset whose environment cannot be built stops before any training.
         self.env = make_env(dataset.metadata)
@@ -131,7 +124,7 @@ class OnlineRLTrainer(Trainer):
         ]
         self.rl_optimizer = torch.optim.AdamW(rl_parameters, lr=config["rl_learning_rate"],
                                               weight_decay=config["weight_decay"])
-        self.rl_generator = torch.Generator(device="cpu").manual_seed(config["seed"] + 1)
+        self.rl_generator = generator(config["seed"], COLLECTION_STREAM)
         self.buffer = OnlineBuffer(dataset.obs_dim, dataset.action_dim)
         self.online_dataset: VAESequenceDataset | None = None
         self.rollout: dict[str, torch.Tensor] | None = None
@@ -207,8 +200,7 @@ class OnlineRLTrainer(Trainer):
 
     # ------------------------------------------------------------------------------- collection
     def _start_episode(self) -> None:
-        seed = self.config["seed"] * EPISODE_SEED_STRIDE + self.episodes_started
-        observation, _ = self.env.reset(seed=seed)
+        observation, _ = self.env.reset(seed=online_reset_seed(self.config["seed"], self.episodes_started))
         h = self.config["history_horizon"]
         self._episode = {
             "id": self.episodes_started,
