@@ -90,7 +90,7 @@ def act_inputs(runner, evaluator: MADEvaluator, metadata: dict) -> tuple[torch.T
     observations, _ = evaluator.envs.reset(seed=[evaluator.seed + i for i in range(evaluator.num_eval)])
     runner.reset(evaluator.num_eval, metadata["obs_dim"], metadata["action_dim"])
     obs = runner.obs_normalizer.normalize(torch.as_tensor(observations, dtype=torch.float32))
-    return obs, runner.history_observations, runner.history_actions, runner.history_mask
+    return obs, *runner.history.tensors()
 
 
 def seconds_per_call(model, inputs, calls: int) -> float:

@@ -16,7 +16,8 @@ from diffuser import steps
 from diffuser.config import load_cell_config
 from diffuser.envs.make import EnvironmentUnavailable
 from diffuser.training.checkpoints import latest_checkpoint, load_checkpoint
-from diffuser.training.online.trainer import OnlineRLTrainer, collection_steps, gae_advantages
+from diffuser.training.online.rollout import collection_steps, gae_advantages
+from diffuser.training.online.trainer import OnlineRLTrainer
 
 ONLINE = {**TINY, "online_training": True, "rl_warmup_steps": 30, "rl_collect_freq": 20, "rl_collect_steps": 7,
           "rl_update_freq": 5, "save_freq": 1000}

@@ -14,6 +14,7 @@ from diffuser import steps
 from diffuser.cli import build_parser
 from diffuser.config import cell_defaults, cell_schema
 from diffuser.datasets.generate import generate_locomotion_hdf5, generate_maze2d_hdf5
+from diffuser.datasets.normalization import make_normalizers
 from diffuser.datasets.sequence import VAESequenceDataset
 from diffuser.evaluation.evaluator import MADEvaluator
 from diffuser.evaluation.policy import PolicyRunner
@@ -39,7 +40,7 @@ NOT_SETTINGS = {
 TAKE_SETTINGS = [
     ActionVAE, TrajectoryEncoder, LatentDenoiser, GaussianDiffusion, IQLCritic, TwinQ, DiffusionRL, BC,
     VAESequenceDataset, MADEvaluator, PolicyRunner, Trainer, OnlineRLTrainer, VAEPretrainer,
-    generate_maze2d_hdf5, generate_locomotion_hdf5,
+    generate_maze2d_hdf5, generate_locomotion_hdf5, make_normalizers,
 ]
 SCHEMA_KEYS = set(cell_schema()["properties"])
 

@@ -140,7 +140,7 @@ def _action_bounds(metadata: dict) -> tuple[np.ndarray, np.ndarray]:
     return low, high
 
 
-def make_normalizers(metadata: dict, kind: str = "gaussian") -> dict:
+def make_normalizers(metadata: dict, kind: str) -> dict:
     """{"observations": kind fitted to the stats, "actions": min-max from the action bounds}."""
     if kind == "gaussian":
         observations = GaussianNormalizer(
