@@ -553,20 +553,3 @@ def vae_config(config: Mapping) -> dict:
     resolved = cell_defaults()
     resolved.update({key: config[key] for key in (*VAE_KEYS, "diffusion", "loader")})
     return resolved
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m diffuser.config OUT JSON`: write a config given as JSON to OUT as YAML.
-
-    The workflow's config rules run this: a shell job starts in a fraction of the time of a
-    Snakemake `run:` block, which is spawned as a whole new Snakemake process.
-    """
-    import sys
-
-    out, settings = argv if argv is not None else sys.argv[1:]
-    save_yaml(json.loads(settings), out)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

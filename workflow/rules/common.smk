@@ -21,7 +21,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from diffuser.config import ConfigError, load_workflow_spec, needs_vae_pretraining, vae_config, vae_key
-from diffuser.datasets.prepare import resolve_source
+from diffuser.datasets.prepare import processed_path, resolve_source
 from diffuser.runtime.gpu_pool import pool_ids
 
 DEFAULT_SPEC = "config/config.yaml"
@@ -62,7 +62,7 @@ wildcard_constraints:
 
 
 def dataset_path(name, dataset="{dataset}"):
-    return f"{DATA_DIR}/processed/{dataset}/{name}"
+    return f"{processed_path(dataset, DATA_DIR)}/{name}"
 
 
 def cell_path(name, cell="{cell}"):
@@ -109,10 +109,6 @@ def stale_markers(wildcards, output):
     marker = Path(output[0])
     prefix = marker.name.rsplit("-", 1)[0]
     return f"{shlex.quote(str(marker.parent))}/{prefix}-*"
-
-
-def as_json(settings):
-    return json.dumps(settings, sort_keys=True)
 
 
 # --------------------------------------------------------------------------- input functions

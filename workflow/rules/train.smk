@@ -27,12 +27,12 @@ rule cell_config:
     output:
         cell_path("config.yaml"),
     params:
-        config=lambda wildcards: as_json(CELLS[wildcards.cell]),
+        settings=lambda wildcards: CELLS[wildcards.cell],
     localrule: True
     log:
         log_path("cell_config", "cell"),
-    shell:
-        "{PYTHON} -m diffuser.config {output:q} {params.config:q} > {log:q} 2>&1"
+    script:
+        "../scripts/write_config.py"
 
 
 rule train:
