@@ -40,3 +40,11 @@ class GpuPoolError(UserError, RuntimeError):
 
 class ReportError(UserError):
     """A problem with an experiment's results that the user can fix (a missing or malformed file)."""
+
+
+class WorkflowLocked(UserError, RuntimeError):
+    """Another live Snakemake is running the same experiment in this directory."""
+
+
+class GpuRequestError(UserError, ValueError):
+    """A GPU request (`-g`, `--resources gpu=`) that this machine cannot meet."""

@@ -17,6 +17,7 @@ import torch
 
 from diffuser.errors import TrainingDiverged
 from diffuser.evaluation.policy import PolicyRunner
+from diffuser.runtime.console import announce
 from diffuser.runtime.progress import progress_bar
 from diffuser.runtime.seeding import BATCH_STREAM, generator
 from diffuser.training.checkpoints import (
@@ -82,6 +83,7 @@ class Trainer:
         self.scheduler = self._make_scheduler()
         self.generator = generator(config["seed"], BATCH_STREAM)
         self.step = 0
+        self.resumed_from: int | None = None  # the checkpoint step this attempt started from
         self._sums: dict[str, float] = {}  # metric -> sum since the last log row
         self._counts: dict[str, int] = {}
 
@@ -158,6 +160,8 @@ class Trainer:
                   file=sys.stderr)
             return False
         self.load_state_dict(state)
+        self.resumed_from = self.step
+        announce(f"resumed from step {self.step} (checkpoint {path})")
         return True
 
     # -------------------------------------------------------------------------------------- training
