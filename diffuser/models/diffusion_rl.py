@@ -109,7 +109,6 @@ class DiffusionRL(nn.Module):
         self.denoiser = LatentDenoiser(self.latent_dim, cfg.trajectory_latent_dim + obs_dim, cfg.hidden_dim,
                                        cfg.denoiser_blocks)
         self.diffusion = GaussianDiffusion(cfg.n_diffusion_steps, cfg.beta_schedule, PREDICTION)
-        self.diffusion.sampling_timesteps(self.n_sampling_steps)  # rejects an impossible step count now
         self.chain_log_std = nn.Parameter(torch.zeros(()))  # trained by the online RL update only
         self.critic = None
         if cfg.use_value_function:
