@@ -253,14 +253,13 @@ class Trainer:
     def train(self) -> Path:
         """Run until `total_steps()`, resuming first if possible; returns the path `write_final` wrote."""
         cfg = self.config
-        total_steps = self.total_steps()
         resumed = self.resume_if_possible()
         logger = MetricsLogger(self.run_dir / "metrics.csv", resume_step=self.step if resumed else None)
         try:
             start_step, t0 = self.step, time.perf_counter()
             last_log_time, last_log_step = t0, self.step
-            with progress_bar(total=total_steps, initial=self.step, desc=self.progress_label) as bar:
-                while self.step < total_steps:
+            with progress_bar(total=self.total_steps(), initial=self.step, desc=self.progress_label) as bar:
+                while self.step < self.total_steps():  # read each step: a benchmark's deadline may shorten it
                     terms = self.train_step()
                     self._accumulate(terms)
                     self._accumulate(self._after_step(self.step))
