@@ -15,7 +15,7 @@ from test_training import TINY, write_cell
 
 from diffuser import steps
 from diffuser.config import load_cell_config
-from diffuser.utils.trainer import Trainer
+from diffuser.training.trainer import Trainer
 
 
 def status(run_dir) -> dict:
