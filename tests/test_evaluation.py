@@ -21,6 +21,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from diffuser.envs.scores import reference_scores
 from diffuser.utils.evaluator import MADEvaluator
 
 ENV_ID = "DiffuserTestCountdown-v0"
@@ -120,3 +121,15 @@ def test_an_evaluator_reused_for_a_second_evaluation_starts_the_same_episodes():
         evaluator.close()
     np.testing.assert_allclose(second["returns"], first["returns"])
     np.testing.assert_allclose(first["returns"], RETURNS)
+
+
+@pytest.mark.parametrize(("name", "ref_min", "ref_max"), [
+    # D4RL's d4rl/infos.py REF_MIN_SCORE / REF_MAX_SCORE
+    ("maze2d-umaze-v1", 23.85, 161.86), ("maze2d-medium-v1", 13.13, 277.39), ("maze2d-large-v1", 6.7, 273.99),
+    ("hopper-medium-v2", -20.272305, 3234.3), ("halfcheetah-expert-v2", -280.178953, 12135.0),
+    ("walker2d-random-v2", 1.629008, 4592.3), ("gen-hopper-random", -20.272305, 3234.3),
+    # measured by diffuser.envs.compute_reference_scores (README table)
+    ("gen-maze2d-umaze", 21.52, 243.20), ("gen-maze2d-medium", 11.60, 495.72), ("gen-maze2d-large", 9.00, 632.34),
+])
+def test_reference_scores_are_the_published_and_measured_values(name, ref_min, ref_max):
+    assert reference_scores(name)[:2] == (ref_min, ref_max)

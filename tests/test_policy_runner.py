@@ -14,7 +14,7 @@ ACTION_LOW, ACTION_HIGH = -3.0, 5.0  # raw = 4 * normalized + 1
 
 
 class ScriptedModel:
-    """Plans chunk value 0.4 k + 0.5 n - 0.3 c (call c, env n, chunk step k), some above 1; records its inputs."""
+    """Plans chunk value 0.4 k + 0.5 n - 0.8 c (call c, env n, chunk step k), some outside [-1, 1]; records its inputs."""
 
     def __init__(self):
         self.calls = []
@@ -24,11 +24,11 @@ class ScriptedModel:
         self.calls.append([x.clone() for x in (observations, history_observations, history_actions, history_mask)])
         k = torch.arange(CHUNK, dtype=torch.float32)
         n = torch.arange(N_ENVS, dtype=torch.float32)
-        return (0.4 * k[None, :] + 0.5 * n[:, None] - 0.3 * c)[..., None]  # [N, K, A]
+        return (0.4 * k[None, :] + 0.5 * n[:, None] - 0.8 * c)[..., None]  # [N, K, A]
 
 
 def planned(c, n, k):
-    return 0.4 * k + 0.5 * n - 0.3 * c
+    return 0.4 * k + 0.5 * n - 0.8 * c
 
 
 def raw_observation(step):
@@ -59,7 +59,8 @@ def test_a_chunk_is_replayed_before_the_model_plans_again():
     assert len(model.calls) == 3, "7 steps with chunks of 3 need plans at steps 0, 3 and 6"
     for step, action in enumerate(actions):
         np.testing.assert_allclose(action, 4.0 * executed(step) + 1.0, rtol=1e-6, err_msg=f"step {step}")
-    assert actions[2][1, 0] == pytest.approx(ACTION_HIGH), "a planned 1.3 is clamped to the action bound"
+    assert actions[2][1, 0] == pytest.approx(ACTION_HIGH), "a planned 1.3 is clamped to the upper bound"
+    assert actions[6][0, 0] == pytest.approx(ACTION_LOW), "a planned -1.6 is clamped to the lower bound"
     for call, step in zip(model.calls, (0, 3, 6), strict=True):
         np.testing.assert_allclose(call[0].numpy(), normalized_observation(step), rtol=1e-6)
 
