@@ -166,7 +166,8 @@ def _processed(n=20):
 
 def test_save_then_load_round_trips(tmp_path):
     arrays, metadata = _processed()
-    out = save_processed(tmp_path / "processed" / "toy", arrays, metadata)
+    out = save_processed(str(tmp_path / "processed" / "toy"), arrays, metadata)  # a str path works too
+    assert out == tmp_path / "processed" / "toy"
     loaded, loaded_metadata = load_processed(out)
     assert set(loaded) == set(arrays)
     for key, value in arrays.items():
