@@ -12,7 +12,12 @@ import pytest
 import torch
 
 from diffuser.utils import checkpoint
-from diffuser.utils.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, step_checkpoint_path
+from diffuser.utils.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    step_checkpoint_path,
+)
 
 REAL_SAVE = torch.save
 
