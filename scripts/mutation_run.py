@@ -213,8 +213,10 @@ def run_tests(workspace: Path, tests: list[str], timeout: float) -> tuple[str, f
         return "timeout", time.perf_counter() - start, ""
     seconds = time.perf_counter() - start
     failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", proc.stdout, flags=re.M)
+    last_lines = proc.stdout.strip().splitlines()[-1:]
+    # pytest exit codes: 0 passed, 1 a test failed, 2 interrupted (e.g. a collection error); others are errors
     outcome = {0: "passed", 1: "failed", 2: "failed"}.get(proc.returncode, "error")
-    return outcome, seconds, failed[0] if failed else proc.stdout.strip().splitlines()[-1:][0] if proc.stdout else ""
+    return outcome, seconds, failed[0] if failed else (last_lines[0] if last_lines else f"exit code {proc.returncode}")
 
 
 def existing_tests(workspace: Path, module: str) -> list[str]:
