@@ -303,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, default=100, help="mutants to run, drawn with --seed (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
     parser.add_argument("--modules", nargs="+", default=list(MODULE_TESTS), help="modules to mutate (default: all mapped)")
+    parser.add_argument("--only", nargs="+", metavar="MODULE",
+                        help="run only the drawn mutants of these modules (the draw is over --modules, so it is the same)")
     parser.add_argument("--named", action="store_true", help="run the issue's named mutant classes instead of a sample")
     parser.add_argument("--list", action="store_true", help="only count the mutants per module")
     parser.add_argument("--source", type=Path, default=ROOT, help="checkout whose code and tests are used (default: this one)")
@@ -310,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-timeout", type=float, default=60.0, help="per-mutant timeout floor in seconds")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
-    unknown = [m for m in args.modules if m not in MODULE_TESTS]
+    unknown = [m for m in [*args.modules, *(args.only or [])] if m not in MODULE_TESTS]
     if unknown:
         parser.error(f"--modules {unknown} have no tests mapped in MODULE_TESTS; choose from {list(MODULE_TESTS)}.")
     source = args.source.resolve()
@@ -326,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         mutants = sample_mutants(everything, args.sample, args.seed)
         print(f"{len(mutants)} of {len(everything)} mutants (seed {args.seed}) from {source}", flush=True)
+        if args.only:
+            mutants = [m for m in mutants if m.module in args.only]
+            print(f"running the {len(mutants)} of them in {', '.join(args.only)}", flush=True)
 
     results = run_mutants(mutants, source, args.timeout_factor, args.min_timeout, lambda s: print(s, flush=True))
     killed = sum(r["status"] == "killed" for r in results)
