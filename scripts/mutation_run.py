@@ -305,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modules", nargs="+", default=list(MODULE_TESTS), help="modules to mutate (default: all mapped)")
     parser.add_argument("--only", nargs="+", metavar="MODULE",
                         help="run only the drawn mutants of these modules (the draw is over --modules, so it is the same)")
+    parser.add_argument("--survivors-of", type=Path, metavar="JSON",
+                        help="run only the drawn mutants that survived in this earlier --json result")
     parser.add_argument("--named", action="store_true", help="run the issue's named mutant classes instead of a sample")
     parser.add_argument("--list", action="store_true", help="only count the mutants per module")
     parser.add_argument("--source", type=Path, default=ROOT, help="checkout whose code and tests are used (default: this one)")
@@ -328,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         mutants = sample_mutants(everything, args.sample, args.seed)
         print(f"{len(mutants)} of {len(everything)} mutants (seed {args.seed}) from {source}", flush=True)
+        if args.survivors_of:
+            survived = {r["mutant"] for r in json.loads(args.survivors_of.read_text()) if r["status"] == "survived"}
+            mutants = [m for m in mutants if m.name in survived]
+            print(f"running the {len(mutants)} of them that survived in {args.survivors_of}", flush=True)
         if args.only:
             mutants = [m for m in mutants if m.module in args.only]
             print(f"running the {len(mutants)} of them in {', '.join(args.only)}", flush=True)

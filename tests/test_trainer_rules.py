@@ -81,3 +81,18 @@ def test_a_run_logs_evaluates_and_saves_on_its_schedule(tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["state_00000010.pt", "state_00000012.pt"]
     assert load_checkpoint(tmp_path / "checkpoints" / "state_00000012.pt")["step"] == 12
     assert load_checkpoint(final)["step"] == 12 and len(model.losses) == 12
+
+
+def test_a_longer_run_resumes_from_the_newest_checkpoint(tmp_path):
+    config = {**CONFIG, "n_train_steps": 6, "log_freq": 3, "eval_freq": 100, "save_freq": 3, "continue_training": True}
+    first = Trainer(config, ToyData(), ToyModel(), tmp_path)
+    first.train()
+    second = Trainer({**config, "n_train_steps": 9}, ToyData(), ToyModel(), tmp_path)
+    assert second.resume_if_possible() and second.step == 6
+    # it continues where the first run stopped: weights, EMA, optimizer moments and the batch stream
+    torch.testing.assert_close(second.model.w, first.model.w)
+    torch.testing.assert_close(second.ema.w, first.ema.w)
+    torch.testing.assert_close(second.optimizer.state_dict()["state"][0]["exp_avg"],
+                               first.optimizer.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(second.generator.get_state(), first.generator.get_state())
+    assert not torch.allclose(second.model.w, ToyModel().w), "a restart from scratch is not a resume"
