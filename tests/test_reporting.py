@@ -230,3 +230,11 @@ def test_summary_rows_follow_the_numeric_order_of_a_swept_value(tmp_path):
     summary = summarize(collect_cells(tmp_path, ["batch_size", "seed"]), ["batch_size", "seed"])
     assert summary["batch_size"].tolist() == [5, 10]
     assert summary["mean"].tolist() == [21.0, 31.0]
+
+
+def test_the_cells_table_takes_swept_variables_from_the_cell_paths(tmp_path):
+    make_experiment(tmp_path)
+    cells = collect_cells(tmp_path)  # no variables given: the paths name them, config.yaml types them
+    pairs = sorted(zip(cells["online_training"], cells["seed"], strict=True))
+    assert pairs == sorted((online, seed) for online, by_seed in SCORES.items() for seed in by_seed)
+    assert cells["online_training"].map(type).eq(bool).all()
