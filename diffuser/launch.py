@@ -92,12 +92,7 @@ def run_snakemake(command: Sequence[str], cwd: Path = ROOT, env: dict | None = N
     watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {signum: signal.signal(signum, note) for signum in watched}
     try:
-        while True:
-            try:
-                code = process.wait()
-                break
-            except InterruptedError:
-                continue
+        code = process.wait()  # retried after each handled signal (PEP 475)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
