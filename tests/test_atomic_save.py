@@ -11,8 +11,8 @@ import os
 import pytest
 import torch
 
-from diffuser.utils import checkpoint
-from diffuser.utils.checkpoint import (
+from diffuser.training import checkpoints as checkpoint
+from diffuser.training.checkpoints import (
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,

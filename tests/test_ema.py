@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from diffuser.datasets.normalization import GaussianNormalizer, MinMaxNormalizer
-from diffuser.utils.checkpoint import load_checkpoint
-from diffuser.utils.trainer import Trainer
+from diffuser.training.checkpoints import load_checkpoint
+from diffuser.training.trainer import Trainer
 
 DECAY = 0.9
 STEPS = 6

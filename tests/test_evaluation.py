@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from diffuser.envs.scores import reference_scores
-from diffuser.utils.evaluator import MADEvaluator
+from diffuser.evaluation.evaluator import MADEvaluator
 
 ENV_ID = "DiffuserTestCountdown-v0"
 SEEDS = [10, 11, 12, 13, 14]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffuser.datasets.normalization import GaussianNormalizer, MinMaxNormalizer
-from diffuser.utils.policy import PolicyRunner
+from diffuser.evaluation.policy import PolicyRunner
 
 N_ENVS, OBS_DIM, ACTION_DIM = 2, 2, 1
 HISTORY, CHUNK = 2, 3

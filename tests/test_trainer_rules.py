@@ -7,8 +7,8 @@ import pytest
 import torch
 from test_ema import CONFIG, ToyData, ToyModel
 
-from diffuser.utils.checkpoint import load_checkpoint
-from diffuser.utils.trainer import Trainer, changed_result_keys, make_scheduler
+from diffuser.training.checkpoints import load_checkpoint
+from diffuser.training.trainer import Trainer, changed_result_keys, make_scheduler
 
 
 def learning_rates(schedule: str, total: int, steps: int) -> list[float]:
