@@ -33,7 +33,7 @@ def collected(tmp_path, tiny_maze_data):
     """(trainer, metrics of collecting 12 steps)."""
     config = online_config(tmp_path, action_horizon=2, history_horizon=2, discount=0.9, reward_scale=2.0)
     trainer = make_trainer(config, tiny_maze_data, tmp_path / "run")
-    trainer.env = ScriptedRewards(trainer.env)
+    trainer.collector.env = ScriptedRewards(trainer.collector.env)
     return trainer, trainer.collect(12)
 
 

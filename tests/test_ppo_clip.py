@@ -11,6 +11,8 @@ import pytest
 import torch
 from test_online_training import make_trainer, online_config
 
+from diffuser.training.online.update import rl_losses
+
 CLIP = 0.2
 
 
@@ -44,7 +46,7 @@ def with_ratios(trainer, ratios, advantages) -> dict:
 def policy_gradient(trainer, rollout) -> tuple[dict, float]:
     """(the RL terms, the largest |gradient| of policy_loss over the model's parameters)."""
     trainer.model.zero_grad(set_to_none=True)
-    terms = trainer.rl_losses(rollout)
+    terms = rl_losses(trainer.model, trainer.value_net, rollout, trainer.rl_config)
     terms["policy_loss"].backward()
     grads = [p.grad.abs().max().item() for p in trainer.model.parameters() if p.grad is not None]
     return terms, max(grads, default=0.0)

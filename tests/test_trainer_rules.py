@@ -13,7 +13,7 @@ from diffuser.training.trainer import Trainer, changed_result_keys, make_schedul
 
 def learning_rates(schedule: str, total: int, steps: int) -> list[float]:
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
-    scheduler = make_scheduler(optimizer, {"n_train_steps": total, "lr_schedule": schedule})
+    scheduler = make_scheduler(optimizer, schedule, total)
     rates = [optimizer.param_groups[0]["lr"]]
     for _ in range(steps):
         optimizer.step()
