@@ -50,6 +50,9 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from diffuser.errors import ConfigError
+from diffuser.registry import MODELS_WITH_VAE, OFFLINE_TRAINER, ONLINE_TRAINER
+
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 CELL_SCHEMA_PATH = SCHEMA_DIR / "cell.schema.yaml"
 SPEC_SCHEMA_PATH = SCHEMA_DIR / "spec.schema.yaml"
@@ -78,10 +81,6 @@ VAE_KEYS = (
     "normalizer",
     "seed",
 )
-
-
-class ConfigError(ValueError):
-    """A spec or cell config that cannot run; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -391,10 +390,10 @@ def _cell_problems(config: dict) -> list[str]:
             f"({config['n_diffusion_steps']}); the sampler cannot take more steps than the process has."
         )
     trainer, online = config["trainer"], config["online_training"]
-    if trainer == "utils.Trainer" and online:
-        problems.append("trainer utils.Trainer trains offline only but online_training is true; set trainer: null.")
-    if trainer == "utils.OnlineRLTrainer" and not online:
-        problems.append("trainer utils.OnlineRLTrainer needs online_training: true; set trainer: null.")
+    if trainer == OFFLINE_TRAINER and online:
+        problems.append(f"trainer {OFFLINE_TRAINER} trains offline only but online_training is true; set trainer: null.")
+    if trainer == ONLINE_TRAINER and not online:
+        problems.append(f"trainer {ONLINE_TRAINER} needs online_training: true; set trainer: null.")
     if online and config["diffusion"] == "models.BC":
         problems.append("models.BC has no denoising chain to fine-tune online; set online_training: false or diffusion: models.DiffusionRL.")
     if online and config["rl_warmup_steps"] >= config["n_train_steps"]:
@@ -523,8 +522,6 @@ def save_yaml(data: Mapping, path: str | os.PathLike) -> Path:
 
 
 def needs_vae_pretraining(config: Mapping) -> bool:
-    from diffuser.registry import MODELS_WITH_VAE
-
     return config["diffusion"] in MODELS_WITH_VAE and config["vae_pretrain_steps"] > 0
 
 
@@ -544,20 +541,3 @@ def vae_config(config: Mapping) -> dict:
     resolved = cell_defaults()
     resolved.update({key: config[key] for key in (*VAE_KEYS, "diffusion", "loader")})
     return resolved
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m diffuser.config OUT JSON`: write a config given as JSON to OUT as YAML.
-
-    The workflow's config rules run this: a shell job starts in a fraction of the time of a
-    Snakemake `run:` block, which is spawned as a whole new Snakemake process.
-    """
-    import sys
-
-    out, settings = argv if argv is not None else sys.argv[1:]
-    save_yaml(json.loads(settings), out)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

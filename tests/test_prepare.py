@@ -13,10 +13,10 @@ from test_d4rl_format import HOPPER, d4rl_steps, write_d4rl_hdf5
 
 from diffuser.datasets import prepare
 from diffuser.datasets.episodes import EPISODES_FILE, METADATA_FILE, load_processed
-from diffuser.datasets.errors import DatasetError
 from diffuser.datasets.prepare import prepare_dataset
 from diffuser.envs.make import EnvironmentUnavailable
 from diffuser.envs.scores import reference_scores
+from diffuser.errors import DatasetError
 
 CONTRACT_FIELDS = {
     "format_version", "name", "source", "source_path", "source_sha256", "env_id", "env_kwargs",

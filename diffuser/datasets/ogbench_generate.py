@@ -42,7 +42,7 @@ import numpy as np
 
 from diffuser.envs.make import import_ogbench
 from diffuser.envs.ogbench_tasks import OGBenchTask
-from diffuser.utils.progress import progress_bar
+from diffuser.runtime.progress import progress_bar
 
 EPISODE_LENGTH = 1000  # transitions per episode (OGBench: max_episode_steps=1001 rows)
 VALIDATION_FRACTION = 10  # OGBench's validation file has num_episodes // 10 episodes

@@ -26,7 +26,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from diffuser.datasets.errors import DatasetError
+from diffuser.errors import DatasetError
 from diffuser.envs.make import import_ogbench
 from diffuser.envs.ogbench_tasks import OGBenchTask
 

@@ -42,7 +42,6 @@ from diffuser.datasets.episodes import (
     split_episodes,
     validate_arrays,
 )
-from diffuser.datasets.errors import DatasetError
 from diffuser.datasets.generate import generate_locomotion_hdf5, generate_maze2d_hdf5
 from diffuser.datasets.minari_source import minari_dataset_dir, read_minari
 from diffuser.datasets.ogbench_generate import generate_ogbench_dataset, read_generation_settings
@@ -57,6 +56,7 @@ from diffuser.envs.scores import (
     reference_scores,
 )
 from diffuser.envs.specs import LOCOMOTION_ENV_IDS, MAZE_ENV_IDS, env_spec_for_dataset
+from diffuser.errors import ConfigError, DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -123,17 +123,22 @@ def processed_path(key: str, data_dir: str | os.PathLike = "data") -> Path:
 
 
 def resolve_source(
-    name: str, data_dir: str | os.PathLike, steps: int, action_noise: float, seed: int
+    name: str, data_dir: str | os.PathLike, steps: int | None, action_noise: float | None, seed: int | None
 ) -> Source:
+    """The source of dataset `name`; `steps`, `action_noise` and `seed` set a generated one (the cell keys
+    dataset_steps, dataset_action_noise, dataset_seed) and are not read for the others."""
     raw = Path(data_dir) / "raw"
-    key = dataset_key(name, steps, action_noise, seed)
-    if GENERATED_MAZE.fullmatch(name):
-        generation = {"steps": steps, "action_noise": action_noise, "seed": seed}
-        return Source("generated", raw / "generated" / f"{key}.hdf5", generation)
-    if GENERATED_LOCOMOTION.fullmatch(name):
+    maze = GENERATED_MAZE.fullmatch(name)
+    if maze or GENERATED_LOCOMOTION.fullmatch(name):
         # Random-policy data has no action noise to set.
-        generation = {"steps": steps, "action_noise": None, "seed": seed}
-        return Source("generated", raw / "generated" / f"{key}.hdf5", generation)
+        generation = {"steps": steps, "action_noise": action_noise if maze else None, "seed": seed}
+        missing = [key for key, value in generation.items() if value is None and (maze or key != "action_noise")]
+        if missing:
+            raise ConfigError(
+                f"dataset {name} is generated: give its {', '.join(missing)} (the cell keys dataset_steps, "
+                "dataset_action_noise, dataset_seed; `python -m diffuser prepare` takes their schema defaults)."
+            )
+        return Source("generated", raw / "generated" / f"{dataset_key(name, steps, action_noise, seed)}.hdf5", generation)
     if name.startswith(MINARI_PREFIX):
         return Source("minari", minari_dataset_dir(name[len(MINARI_PREFIX) :]), None)
     if name.startswith(OGBENCH_PREFIX):
@@ -338,14 +343,14 @@ def prepare_dataset(
     name: str,
     data_dir: str | os.PathLike = "data",
     *,
-    steps: int = 100_000,
-    action_noise: float = 0.5,
-    seed: int = 0,
+    steps: int | None = None,
+    action_noise: float | None = None,
+    seed: int | None = None,
     force: bool = False,
 ) -> Path:
     """Build `<data_dir>/processed/<key>/` (episodes.npz + metadata.json) from the dataset's source.
 
-    `steps`, `action_noise` and `seed` set a generated dataset (ignored for D4RL and Minari ones).
+    `steps`, `action_noise` and `seed` set a generated dataset (required there, unused for D4RL and Minari ones).
     Returns at once when the processed dataset is up to date; `force` rebuilds it (and regenerates
     a generated source). The steps are validated before anything is written: against the
     evaluation env's observation/action dimensions and action bounds where the env can be built

@@ -10,14 +10,11 @@ import numpy as np
 
 from diffuser.envs.ogbench_tasks import INSTALL_HINT as OGBENCH_INSTALL_HINT
 from diffuser.envs.ogbench_tasks import is_ogbench_env_id
+from diffuser.errors import EnvironmentUnavailable
 
 # Env ids that gymnasium-robotics registers when imported; OGBench's are registered by `ogbench`
 # (ogbench_tasks.py), everything else used here is gymnasium's own.
 _ROBOTICS_ENV_PREFIXES = ("PointMaze_", "AntMaze_")
-
-
-class EnvironmentUnavailable(RuntimeError):
-    """The environment a dataset is evaluated on cannot be built here (unknown id or missing package)."""
 
 
 class FlattenDictObservation(gym.ObservationWrapper):

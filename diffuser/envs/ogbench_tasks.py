@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from diffuser.datasets.errors import DatasetError
+from diffuser.errors import DatasetError
 
 PREFIX = "ogbench:"
 INSTALL_HINT = "pip install 'ogbench==1.2.2'"

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from diffuser.errors import ReportError
+
 CONFIDENCE = 0.95
 CELLS_DIRNAME = "cells"
 CELL_FILES = ("config.yaml", "metrics.csv", "eval.json")
@@ -33,10 +35,6 @@ EVAL_COLUMNS = {
 }
 REQUIRED_EVAL_KEYS = ("mean_normalized_score", "mean_return")
 SUCCESS_RATE, NORMALIZED_RETURN = "success_rate", "normalized_return"  # diffuser.envs.scores' score names
-
-
-class ReportError(Exception):
-    """A problem with an experiment's results that the user can fix (a missing or malformed file)."""
 
 
 # --- Student t quantile -------------------------------------------------------------------------

@@ -9,12 +9,12 @@ rule vae_config:
     output:
         vae_path("config.yaml"),
     params:
-        config=lambda wildcards: as_json(VAES[wildcards.vae]),
+        settings=lambda wildcards: VAES[wildcards.vae],
     localrule: True
     log:
         log_path("vae_config", "vae"),
-    shell:
-        "{PYTHON} -m diffuser.config {output:q} {params.config:q} > {log:q} 2>&1"
+    script:
+        "../scripts/write_config.py"
 
 
 rule pretrain_vae:

@@ -17,12 +17,12 @@ rule resolved_spec:
     output:
         report(f"{RESULTS}/spec.yaml", caption="../report/spec.rst", category="Config"),
     params:
-        spec=as_json(SPEC.as_dict()),
+        settings=SPEC.as_dict(),
     localrule: True
     log:
         f"{LOGS}/resolved_spec.log",
-    shell:
-        "{PYTHON} -m diffuser.config {output:q} {params.spec:q} > {log:q} 2>&1"
+    script:
+        "../scripts/write_config.py"
 
 
 rule aggregate:

@@ -31,17 +31,17 @@ rule cell_config:
     output:
         cell_path("config.yaml"),
     params:
-        config=lambda wildcards: as_json(CELLS[wildcards.cell]),
+        settings=lambda wildcards: CELLS[wildcards.cell],
     localrule: True
     log:
         log_path("cell_config", "cell"),
-    shell:
-        "{PYTHON} -m diffuser.config {output:q} {params.config:q} > {log:q} 2>&1"
+    script:
+        "../scripts/write_config.py"
 
 
 rule train:
     message:
-        "train cell {wildcards.cell}"
+        "train cell {wildcards.cell} (threads={threads}, gpu={resources.gpu})"
     input:
         unpack(train_inputs),
     output:
@@ -69,5 +69,7 @@ rule train:
 
 
 rule all_cells:
+    message:
+        "every cell of {EXP} is trained and evaluated"
     input:
         all_cell_files(),

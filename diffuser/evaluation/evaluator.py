@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 
 from diffuser.envs.make import make_vector_env
 from diffuser.envs.scores import NORMALIZED_RETURN_SCORE, episode_scores
-from diffuser.utils.policy import PolicyRunner
+from diffuser.evaluation.policy import PolicyRunner
+from diffuser.runtime.seeding import evaluation_reset_seeds, isolated_rng
 
 
 class MADEvaluator:
@@ -23,7 +23,7 @@ class MADEvaluator:
     or for OGBench tasks the success rate in percent.
     """
 
-    def __init__(self, metadata: dict, num_eval: int, seed: int = 0):
+    def __init__(self, metadata: dict, num_eval: int, seed: int):
         self.metadata = metadata
         self.num_eval = num_eval
         self.seed = seed
@@ -64,7 +64,7 @@ class MADEvaluator:
 
     def _run_episodes(self, envs, runner: PolicyRunner, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(returns, lengths, successes) of one episode per environment."""
-        obs, _ = envs.reset(seed=[self.seed + i for i in range(n)])
+        obs, _ = envs.reset(seed=evaluation_reset_seeds(self.seed, n))
         runner.reset(n, self.metadata["obs_dim"], self.metadata["action_dim"])
         returns = np.zeros(n)
         lengths = np.zeros(n, dtype=np.int64)
@@ -72,8 +72,7 @@ class MADEvaluator:
         alive = np.ones(n, dtype=bool)
         # Sampling noise comes from a forked RNG so evaluating never shifts the training RNG stream
         # (which would break exact resume) and every evaluation sees the same noise.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+        with isolated_rng(self.seed):
             while alive.any():
                 actions = runner.act(obs)
                 obs, rewards, terminated, truncated, infos = envs.step(actions)
