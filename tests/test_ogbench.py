@@ -10,7 +10,6 @@ import pytest
 ogbench = pytest.importorskip("ogbench")
 
 from diffuser.datasets.episodes import load_processed  # noqa: E402
-from diffuser.errors import DatasetError  # noqa: E402
 from diffuser.datasets.ogbench_generate import (  # noqa: E402
     GENERATION_KEY,
     generate_ogbench_dataset,
@@ -23,6 +22,7 @@ from diffuser.envs.make import EnvironmentUnavailable, import_ogbench, make_env 
 from diffuser.envs.ogbench_tasks import OGBenchNameError, parse_task  # noqa: E402
 from diffuser.envs.scores import episode_scores  # noqa: E402
 from diffuser.envs.specs import env_spec_for_dataset  # noqa: E402
+from diffuser.errors import DatasetError  # noqa: E402
 from diffuser.evaluation.evaluator import MADEvaluator  # noqa: E402
 
 MAZE = "ogbench:pointmaze-medium-navigate-singletask-v0"

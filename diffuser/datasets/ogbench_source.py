@@ -26,9 +26,9 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from diffuser.errors import DatasetError
 from diffuser.envs.make import import_ogbench
 from diffuser.envs.ogbench_tasks import OGBenchTask
+from diffuser.errors import DatasetError
 
 USER_DIR_VARIABLE = "OGBENCH_DATASET_DIR"
 # ogbench.utils.DEFAULT_DATASET_DIR, where `ogbench.download_datasets` puts the files.
