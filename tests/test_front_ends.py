@@ -220,7 +220,7 @@ def test_a_live_sweep_of_the_same_experiment_is_named_not_unlocked(tmp_path):
         wait_for(lambda: checkpoint_step(run_dir) >= 10, 120, "a checkpoint")
         second = front_end(checkout, "run_experiment.py", "-e", str(spec), "-g", "-1")
         assert second.returncode != 0
-        assert f"another Snakemake (pid " in second.stdout + second.stderr
+        assert "another Snakemake (pid " in second.stdout + second.stderr
         assert sweep.poll() is None and any((checkout / ".snakemake" / "locks").iterdir())
     finally:
         os.killpg(sweep.pid, signal.SIGKILL)

@@ -165,4 +165,10 @@ def test_unbuildable_environment_stops_online_training_before_it_starts(tmp_path
     offline = subprocess.run([*cmd, "--run-dir", str(tmp_path / "offline")], env=python_env(), cwd=ROOT,
                              capture_output=True, text=True)
     assert offline.returncode == 0, offline.stderr
-    assert (tmp_path / "offline" / "final.pt").exists()
+    final = load_checkpoint(tmp_path / "offline" / "final.pt")
+    assert final["step"] == 40 and final["config"]["online_training"] is False
+    rows = [line.split(",") for line in (tmp_path / "offline" / "metrics.csv").read_text().splitlines()[1:]]
+    logged = {metric for _, metric, _ in rows}
+    assert {"loss", "diffusion_loss", "value_loss"} <= logged
+    assert not logged & {"env_steps", "policy_loss", "rl_value_loss"}, "offline training logs no RL terms"
+    assert max(int(step) for step, _, _ in rows) == 40

@@ -11,7 +11,7 @@ import time
 
 import pytest
 from conftest import PYTHON, ROOT, python_env
-from test_training import TINY, write_cell
+from test_training import write_cell
 
 from diffuser import steps
 from diffuser.config import load_cell_config

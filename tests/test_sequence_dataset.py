@@ -218,3 +218,8 @@ def test_a_processed_directory_gives_the_same_batches(tmp_path):
 def test_an_action_horizon_longer_than_every_episode_is_rejected():
     with pytest.raises(ValueError, match="lower `action_horizon`"):
         make_dataset(synthetic(lengths=[1, 3, 2], endings=["terminal"] * 3), action_horizon=4)
+
+
+def test_a_source_of_another_type_is_a_clear_error():
+    with pytest.raises(TypeError, match=r"directory or an \(arrays, metadata\) tuple, not dict"):
+        VAESequenceDataset({"arrays": {}, "metadata": {}}, history_horizon=1, action_horizon=1)

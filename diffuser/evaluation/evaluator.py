@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from diffuser.envs.make import make_vector_env
-from diffuser.envs.scores import normalized_score
+from diffuser.envs.scores import NORMALIZED_RETURN_SCORE, episode_scores
 from diffuser.evaluation.policy import PolicyRunner
 from diffuser.runtime.seeding import evaluation_reset_seeds, isolated_rng
 
@@ -17,7 +17,10 @@ class MADEvaluator:
 
     The environments are built once and reused: building them costs seconds, more than a cheap
     policy's whole evaluation. Episode i always starts from reset seed `seed + i`, so every
-    policy meets the same starts and goals.
+    policy meets the same starts and goals; numpy's global RNG is seeded too (and restored after),
+    because OGBench's maze environments draw their start noise from it.
+    The score is the dataset's (`diffuser.envs.scores.episode_scores`): the normalized return,
+    or for OGBench tasks the success rate in percent.
     """
 
     def __init__(self, metadata: dict, num_eval: int, seed: int):
@@ -36,6 +39,31 @@ class MADEvaluator:
         start = time.perf_counter()
         envs = self.envs
         n = self.num_eval
+        numpy_state = np.random.get_state()
+        np.random.seed(self.seed)
+        try:
+            returns, lengths, successes = self._run_episodes(envs, runner, n)
+        finally:
+            np.random.set_state(numpy_state)
+        scores = episode_scores(returns, successes, self.metadata)
+        return {
+            "num_episodes": n,
+            "seed": self.seed,
+            "returns": returns.tolist(),
+            "normalized_scores": np.asarray(scores, dtype=float).tolist(),
+            "episode_lengths": lengths.tolist(),
+            "successes": successes.tolist(),
+            "mean_return": float(returns.mean()),
+            "mean_normalized_score": float(np.mean(scores)),
+            "std_normalized_score": float(np.std(scores)),
+            "success_rate": float(successes.mean()),
+            "success_rate_percent": 100.0 * float(successes.mean()),
+            "score": self.metadata.get("score", NORMALIZED_RETURN_SCORE),
+            "seconds": time.perf_counter() - start,
+        }
+
+    def _run_episodes(self, envs, runner: PolicyRunner, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(returns, lengths, successes) of one episode per environment."""
         obs, _ = envs.reset(seed=evaluation_reset_seeds(self.seed, n))
         runner.reset(n, self.metadata["obs_dim"], self.metadata["action_dim"])
         returns = np.zeros(n)
@@ -53,21 +81,7 @@ class MADEvaluator:
                 if "success" in infos:
                     successes |= alive & np.asarray(infos["success"], dtype=bool)
                 alive &= ~(np.asarray(terminated) | np.asarray(truncated))
-        ref_min, ref_max = self.metadata["ref_min_score"], self.metadata["ref_max_score"]
-        scores = normalized_score(returns, ref_min, ref_max)
-        return {
-            "num_episodes": n,
-            "seed": self.seed,
-            "returns": returns.tolist(),
-            "normalized_scores": np.asarray(scores, dtype=float).tolist(),
-            "episode_lengths": lengths.tolist(),
-            "successes": successes.tolist(),
-            "mean_return": float(returns.mean()),
-            "mean_normalized_score": float(np.mean(scores)),
-            "std_normalized_score": float(np.std(scores)),
-            "success_rate": float(successes.mean()),
-            "seconds": time.perf_counter() - start,
-        }
+        return returns, lengths, successes
 
     def close(self) -> None:
         if self._envs is not None:

@@ -62,6 +62,7 @@ class Collector:
         self.env_steps = 0
         self.episodes_started = 0
         self.episode: dict | None = None  # the episode in progress (not checkpointed)
+        self.successes_done: list[bool] = []  # success of each episode the last `collect` ended
 
     def _start_episode(self) -> None:
         observation, _ = self.env.reset(seed=online_reset_seed(self.seed, self.episodes_started))
@@ -70,6 +71,7 @@ class Collector:
             "id": self.episodes_started,
             "observation": np.asarray(observation, dtype=np.float64),
             "return": 0.0,
+            "success": False,
             "history": HistoryWindow(1, self.history_horizon, obs_dim, action_dim, self.device),
         }
         self.episodes_started += 1
@@ -82,10 +84,12 @@ class Collector:
     def collect(self, model, n_steps: int, generator: torch.Generator, buffer: OnlineBuffer):
         """`n_steps` environment steps with `model`'s chain policy, appended to `buffer`.
 
-        Returns (decisions: DECISION_FIELDS -> list per decision, returns of the episodes that ended).
+        Returns (decisions: DECISION_FIELDS -> list per decision, returns of the episodes that ended);
+        `successes_done` then holds whether each of those episodes succeeded (the env's `success`).
         """
         decisions: dict[str, list] = {key: [] for key in DECISION_FIELDS}
         returns_done: list[float] = []
+        self.successes_done = []
         done_steps = 0
         while done_steps < n_steps:
             if self.episode is None:
@@ -100,12 +104,13 @@ class Collector:
             reward, factor, terminal, episode_end = 0.0, 1.0, False, False
             for action in chunk:
                 raw_action = self.action_normalizer.unnormalize(action).cpu().numpy().astype(np.float64)
-                next_observation, r, terminated, truncated, _ = self.env.step(raw_action)
+                next_observation, r, terminated, truncated, info = self.env.step(raw_action)
                 buffer.add(ep["observation"], raw_action, float(r), bool(terminated), bool(truncated),
                            np.asarray(next_observation, dtype=np.float64), ep["id"])
                 reward += factor * self.reward_scale * float(r)
                 factor *= self.discount
                 ep["return"] += float(r)
+                ep["success"] |= bool(info.get("success", False))
                 ep["history"].push(self._normalize_obs(ep["observation"]), action[None])
                 ep["observation"] = np.asarray(next_observation, dtype=np.float64)
                 done_steps += 1
@@ -113,6 +118,7 @@ class Collector:
                 if terminated or truncated:
                     terminal, episode_end = bool(terminated), True
                     returns_done.append(ep["return"])
+                    self.successes_done.append(ep["success"])
                     break
                 if done_steps >= n_steps:
                     break

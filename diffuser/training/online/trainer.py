@@ -33,7 +33,7 @@ from torch import nn
 
 from diffuser.datasets.sequence import VAESequenceDataset
 from diffuser.envs.make import make_env
-from diffuser.envs.scores import normalized_score
+from diffuser.envs.scores import episode_scores
 from diffuser.runtime.seeding import COLLECTION_STREAM, generator
 from diffuser.training.online.buffer import OnlineBuffer
 from diffuser.training.online.rollout import Collector, collection_steps, finish_rollout
@@ -149,7 +149,7 @@ class OnlineRLTrainer(Trainer):
             metadata = self.dataset.metadata
             metrics["online_episode_return"] = float(np.mean(returns_done))
             metrics["online_normalized_score"] = float(np.mean(
-                normalized_score(np.asarray(returns_done), metadata["ref_min_score"], metadata["ref_max_score"])))
+                episode_scores(returns_done, self.collector.successes_done, metadata)))
         return metrics
 
     # ---------------------------------------------------------------------------------- update
