@@ -541,3 +541,21 @@ def vae_config(config: Mapping) -> dict:
     resolved = cell_defaults()
     resolved.update({key: config[key] for key in (*VAE_KEYS, "diffusion", "loader")})
     return resolved
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m diffuser.config OUT JSON`: write a config given as JSON to OUT as YAML.
+
+    The workflow's config rules run this, as a shell job whose output goes to the rule's log: a
+    `script:` job prints a KeyboardInterrupt traceback on the console when Ctrl-C lands during
+    Snakemake's script preamble (measured), and a `run:` block is a whole new Snakemake process.
+    """
+    import sys
+
+    out, settings = argv if argv is not None else sys.argv[1:]
+    save_yaml(json.loads(settings), out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

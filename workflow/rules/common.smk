@@ -121,6 +121,10 @@ def cell_settings_marker(wildcards):
 SPEC_MARKER = f"{RESULTS}/cells/.spec-{digest(SPEC.as_dict())}"
 
 
+def as_json(settings):
+    return json.dumps(settings, sort_keys=True)
+
+
 def stale_markers(wildcards, output):
     """The other markers beside `output` (older settings), deleted when it is written."""
     marker = Path(output[0])

@@ -9,12 +9,12 @@ rule vae_config:
     output:
         vae_path("config.yaml"),
     params:
-        settings=lambda wildcards: VAES[wildcards.vae],
+        config=lambda wildcards: as_json(VAES[wildcards.vae]),
     localrule: True
     log:
         log_path("vae_config", "vae"),
-    script:
-        "../scripts/write_config.py"
+    shell:
+        "{PYTHON} -m diffuser.config {output:q} {params.config:q} > {log:q} 2>&1"
 
 
 rule pretrain_vae:

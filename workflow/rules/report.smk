@@ -17,12 +17,12 @@ rule resolved_spec:
     output:
         report(f"{RESULTS}/spec.yaml", caption="../report/spec.rst", category="Config"),
     params:
-        settings=SPEC.as_dict(),
+        spec=as_json(SPEC.as_dict()),
     localrule: True
     log:
         f"{LOGS}/resolved_spec.log",
-    script:
-        "../scripts/write_config.py"
+    shell:
+        "{PYTHON} -m diffuser.config {output:q} {params.spec:q} > {log:q} 2>&1"
 
 
 rule aggregate:

@@ -31,12 +31,12 @@ rule cell_config:
     output:
         cell_path("config.yaml"),
     params:
-        settings=lambda wildcards: CELLS[wildcards.cell],
+        config=lambda wildcards: as_json(CELLS[wildcards.cell]),
     localrule: True
     log:
         log_path("cell_config", "cell"),
-    script:
-        "../scripts/write_config.py"
+    shell:
+        "{PYTHON} -m diffuser.config {output:q} {params.config:q} > {log:q} 2>&1"
 
 
 rule train:
