@@ -86,7 +86,7 @@ def test_run_experiment_applies_config_overrides_to_the_spec_it_was_given(tmp_pa
                     "--config", "n_train_steps=300", "variables={seed: [1, 2, 3]}")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "experiment given: 6 cells" in run.stdout  # the spec's experiment, with the overrides
-    assert "results/given/cells/online_training~True/seed~3" in run.stdout + run.stderr
+    assert "train cell online_training~True/seed~3" in run.stdout + run.stderr
     assert "maze2d-umaze-demo" not in run.stdout + run.stderr
 
 
