@@ -222,4 +222,4 @@ def test_an_action_horizon_longer_than_every_episode_is_rejected():
 
 def test_a_source_of_another_type_is_a_clear_error():
     with pytest.raises(TypeError, match=r"directory or an \(arrays, metadata\) tuple, not dict"):
-        VAESequenceDataset({"arrays": {}, "metadata": {}}, history_horizon=1, action_horizon=1)
+        make_dataset({"arrays": {}, "metadata": {}}, history_horizon=1, action_horizon=1)
