@@ -85,7 +85,7 @@ def test_entropy_bonus_widens_the_chain_policy(tmp_path, tiny_maze_data):
     before = trainer.model.chain_entropy().item()
     terms = trainer.rl_update()
     assert trainer.model.chain_entropy().item() > before
-    assert terms["rl_loss"] == pytest.approx(-terms["entropy"], rel=1e-5)  # the bonus enters with a minus sign
+    assert float(terms["rl_loss"]) == pytest.approx(-float(terms["entropy"]), rel=1e-5)  # the bonus enters with a minus sign
 
 
 def test_gae_bootstraps_and_stops_at_episode_ends():

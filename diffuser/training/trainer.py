@@ -3,6 +3,11 @@
 Everything random in a run comes from two places that the checkpoint stores: the torch global
 RNG (weight init, noise inside the losses) and the batch generator. Evaluation forks the RNG, so a
 run killed and resumed from its last checkpoint ends with the same weights, bit for bit on CPU.
+
+A training step never waits for the host: its loss terms are summed on their device
+(`MetricSums`) and read once per log row. Finiteness is checked there, at every log row and
+before every save (the sums of the terms since the last row, and the weights), so a NaN is
+reported with its term and step range and the newest checkpoint is always a finite one.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from diffuser.training.checkpoints import (
     save_checkpoint,
     step_checkpoint_path,
 )
-from diffuser.training.metrics import MetricsLogger
+from diffuser.training.compiled import CompiledOrEager
+from diffuser.training.metrics import MetricsLogger, MetricSums
 
 # Config keys a resumed run may change without changing what it computes (a longer run extends a shorter one).
 RESUMABLE_KEYS = frozenset({
@@ -69,6 +75,7 @@ class Trainer:
     keep_checkpoints = 2
     progress_label = "train"
     progress_metric = "loss"  # the loss term shown beside the progress bar
+    divergence_remedy = "lower learning_rate or check the data"
 
     def __init__(self, config: dict, dataset, model: torch.nn.Module, run_dir, evaluator=None, device="cpu"):
         self.config = config
@@ -84,8 +91,9 @@ class Trainer:
         self.generator = generator(config["seed"], BATCH_STREAM)
         self.step = 0
         self.resumed_from: int | None = None  # the checkpoint step this attempt started from
-        self._sums: dict[str, float] = {}  # metric -> sum since the last log row
-        self._counts: dict[str, int] = {}
+        self.metric_sums = MetricSums()  # the metrics of the steps since the last log row
+        self._sums_since = 0  # the step of the last log row
+        self._loss_fn = CompiledOrEager(self._loss, "the training loss") if config["compile"] else self._loss
 
     def total_steps(self) -> int:
         return self.config["n_train_steps"]
@@ -115,8 +123,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "batch_rng": self.generator.get_state(),
-            "log_sums": dict(self._sums),
-            "log_counts": dict(self._counts),
+            "log_sums": self.metric_sums.state_dict(),
+            "log_since": self._sums_since,
             "extra": self._extra_state(),
         }
 
@@ -128,8 +136,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         self.generator.set_state(state["batch_rng"])
-        self._sums = dict(state["log_sums"])
-        self._counts = dict(state["log_counts"])
+        self.metric_sums.load_state_dict(state["log_sums"], self.device)
+        self._sums_since = int(state["log_since"])
         self._load_extra_state(state["extra"])
 
     def _extra_state(self) -> dict:
@@ -139,6 +147,9 @@ class Trainer:
         pass
 
     def save(self) -> Path:
+        """Checkpoint the current step, after checking that its losses and weights are finite."""
+        self._checked_means()
+        self._raise_if_weights_not_finite()
         path = save_checkpoint(step_checkpoint_path(self.checkpoint_dir, self.step), self.state_dict())
         prune_checkpoints(self.checkpoint_dir, keep=self.keep_checkpoints)
         return path
@@ -153,18 +164,27 @@ class Trainer:
         state = load_checkpoint(path, map_location=self.device)
         changed = changed_result_keys(state["config"], self.config)
         if changed:
-            aside = self.checkpoint_dir.with_name(f"checkpoints.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-            self.checkpoint_dir.rename(aside)
-            print(f"warning: the checkpoints in {self.checkpoint_dir} were written with other values of "
-                  f"{', '.join(changed)}; training starts over and the old checkpoints are kept in {aside}.",
-                  file=sys.stderr)
+            self._set_checkpoints_aside(f"were written with other values of {', '.join(changed)}")
             return False
-        self.load_state_dict(state)
+        fresh = copy.deepcopy(self.state_dict())
+        try:
+            self.load_state_dict(state)
+        except (KeyError, ValueError, RuntimeError) as err:
+            # e.g. a layout an older version wrote (separate twin-Q networks, per-term metric sums)
+            self.load_state_dict(fresh)
+            self._set_checkpoints_aside(f"do not fit this version's model or trainer ({type(err).__name__})")
+            return False
         self.resumed_from = self.step
         announce(f"resumed from step {self.step} (checkpoint {path})")
         return True
 
     # -------------------------------------------------------------------------------------- training
+    def _set_checkpoints_aside(self, why: str) -> None:
+        aside = self.checkpoint_dir.with_name(f"checkpoints.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        self.checkpoint_dir.rename(aside)
+        print(f"warning: the checkpoints in {self.checkpoint_dir} {why}; training starts over and the old "
+              f"checkpoints are kept in {aside}.", file=sys.stderr)
+
     def _sample_batch(self) -> dict:
         return self.dataset.sample(self.config["batch_size"], self.generator)
 
@@ -185,12 +205,28 @@ class Trainer:
             for e, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
                 e.copy_(b)
 
-    def _raise_if_not_finite(self, terms: dict[str, torch.Tensor], step: int, remedy: str) -> None:
-        bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
+    def _checked_means(self) -> dict[str, float]:
+        """The metrics' means since the last log row (one host read); raises if one is NaN or infinite."""
+        means = self.metric_sums.means()
+        bad = [name for name, value in means.items() if not math.isfinite(value)]
         if bad:
             raise TrainingDiverged(
-                f"Loss term(s) {', '.join(bad)} became NaN or infinite at step {step}; "
-                f"the last good checkpoint is kept in {self.checkpoint_dir}: {remedy}."
+                f"Loss term(s) {', '.join(bad)} became NaN or infinite between step {self._sums_since + 1} and "
+                f"step {self.step}; the last good checkpoint is kept in {self.checkpoint_dir}: {self.divergence_remedy}."
+            )
+        return means
+
+    def _checked_weights(self) -> list[torch.Tensor]:
+        """The trained weights a checkpoint must not hold non-finite: the model's and their EMA."""
+        return [*self.model.parameters(), *self.ema.parameters()]
+
+    def _raise_if_weights_not_finite(self) -> None:
+        # a non-finite gradient can spoil the weights of the step whose loss was still finite
+        finite = torch.stack([torch.isfinite(w).all() for w in self._checked_weights()]).all()
+        if not finite:
+            raise TrainingDiverged(
+                f"The weights became NaN or infinite by step {self.step} (the loss terms were finite); the last good "
+                f"checkpoint is kept in {self.checkpoint_dir}: {self.divergence_remedy}."
             )
 
     def _apply_gradients(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
@@ -205,8 +241,7 @@ class Trainer:
     def train_step(self) -> dict[str, torch.Tensor]:
         self.model.train()
         batch = self._sample_batch()
-        total, terms = self._loss(batch)
-        self._raise_if_not_finite(terms, self.step + 1, "lower learning_rate or check the data")
+        total, terms = self._loss_fn(batch)
         self._apply_gradients(total, self.optimizer)
         self.scheduler.step()
         self._after_optimizer_step()
@@ -214,19 +249,23 @@ class Trainer:
         self.step += 1
         return terms
 
-    def _accumulate(self, metrics: dict) -> None:
-        for name, value in metrics.items():
-            value = value.detach().item() if isinstance(value, torch.Tensor) else float(value)
-            self._sums[name] = self._sums.get(name, 0.0) + value
-            self._counts[name] = self._counts.get(name, 0) + 1
+    def advance(self) -> None:
+        """One training step and whatever follows it (`_after_step`), their metrics added to the sums;
+        reads nothing back to the host unless `_after_step` must (environment steps)."""
+        self.metric_sums.add(self.train_step())
+        self.metric_sums.add(self._after_step(self.step))
 
-    def _flush_log(self, logger: MetricsLogger, elapsed: float, steps_done: int) -> None:
-        row = {name: total / self._counts[name] for name, total in self._sums.items()}
+    def _flush_log(self, logger: MetricsLogger, last_time: float, last_step: int) -> dict[str, float]:
+        """Log the means since the last row (checked finite) with the rate since `last_time`; returns the row."""
+        row = self._checked_means()  # waits for the device: the rate below counts the steps' real time
+        elapsed, steps_done = time.perf_counter() - last_time, self.step - last_step
         row["learning_rate"] = self.optimizer.param_groups[0]["lr"]
         if elapsed > 0 and steps_done > 0:
             row["steps_per_second"] = steps_done / elapsed
         logger.log(self.step, row)
-        self._sums, self._counts = {}, {}
+        self.metric_sums.reset()
+        self._sums_since = self.step
+        return row
 
     def policy(self, use_ema: bool = True) -> PolicyRunner:
         model = self.ema if use_ema else self.model
@@ -256,25 +295,23 @@ class Trainer:
         resumed = self.resume_if_possible()
         logger = MetricsLogger(self.run_dir / "metrics.csv", resume_step=self.step if resumed else None)
         try:
-            start_step, t0 = self.step, time.perf_counter()
-            last_log_time, last_log_step = t0, self.step
+            start_step = self.step
+            last_log_time, last_log_step = time.perf_counter(), self.step
             with progress_bar(total=self.total_steps(), initial=self.step, desc=self.progress_label) as bar:
                 while self.step < self.total_steps():  # read each step: a benchmark's deadline may shorten it
-                    terms = self.train_step()
-                    self._accumulate(terms)
-                    self._accumulate(self._after_step(self.step))
+                    self.advance()
                     bar.update(1)
                     if self.step % cfg["log_freq"] == 0:
-                        now = time.perf_counter()
-                        self._flush_log(logger, now - last_log_time, self.step - last_log_step)
-                        last_log_time, last_log_step = now, self.step
-                        bar.set_postfix({self.progress_metric: f"{terms[self.progress_metric].item():.4f}"})
+                        row = self._flush_log(logger, last_log_time, last_log_step)
+                        last_log_time, last_log_step = time.perf_counter(), self.step
+                        if self.progress_metric in row:
+                            bar.set_postfix({self.progress_metric: f"{row[self.progress_metric]:.4f}"})
                     if self.evaluator is not None and self.step % cfg["eval_freq"] == 0:
                         self.evaluate(logger)
                     if self.step % cfg["save_freq"] == 0:
                         self.save()
-            if self._counts:
-                self._flush_log(logger, time.perf_counter() - last_log_time, self.step - last_log_step)
+            if self.metric_sums:
+                self._flush_log(logger, last_log_time, last_log_step)
             if self.step > start_step and self.step % cfg["save_freq"] != 0:
                 self.save()
         finally:

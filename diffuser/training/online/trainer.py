@@ -38,17 +38,18 @@ from diffuser.runtime.seeding import COLLECTION_STREAM, generator
 from diffuser.training.online.buffer import OnlineBuffer
 from diffuser.training.online.rollout import Collector, collection_steps, finish_rollout
 from diffuser.training.online.update import RLUpdateConfig, make_value_net, rl_losses, rl_parameters
-from diffuser.training.trainer import Trainer
+from diffuser.training.trainer import Trainer, make_optimizer
 
 
 class OnlineRLTrainer(Trainer):
+    divergence_remedy = "lower learning_rate (rl_learning_rate for policy_loss, rl_value_loss and entropy) or check the data"
+
     def __init__(self, config: dict, dataset, model: nn.Module, run_dir, evaluator=None, device="cpu"):
         super().__init__(config, dataset, model, run_dir, evaluator=evaluator, device=device)
         # Built now so a dataset whose environment cannot be built stops before any training.
         env = make_env(dataset.metadata)
         self.value_net = make_value_net(dataset.obs_dim, config["hidden_dim"]).to(self.device)
-        self.rl_optimizer = torch.optim.AdamW(rl_parameters(model, self.value_net), lr=config["rl_learning_rate"],
-                                              weight_decay=config["weight_decay"])
+        self.rl_optimizer = make_optimizer(rl_parameters(model, self.value_net), config, config["rl_learning_rate"])
         self.rl_config = RLUpdateConfig.view(config)
         self.rl_generator = generator(config["seed"], COLLECTION_STREAM)
         self.buffer = OnlineBuffer(dataset.obs_dim, dataset.action_dim)
@@ -120,16 +121,19 @@ class OnlineRLTrainer(Trainer):
     # --------------------------------------------------------------------------------- schedule
     def _after_step(self, step: int) -> dict:
         cfg = self.config
-        metrics: dict[str, float] = {}
+        metrics: dict = {}
         if collection_steps(step, cfg["rl_warmup_steps"], cfg["rl_collect_freq"]):
             metrics.update(self.collect(cfg["rl_collect_steps"]))
         if self.rollout is not None and step % cfg["rl_update_freq"] == 0:
             metrics.update(self.rl_update())
         return metrics
 
-    def _flush_log(self, logger, elapsed: float, steps_done: int) -> None:
-        self._sums["env_steps"], self._counts["env_steps"] = float(self.env_steps), 1
-        super()._flush_log(logger, elapsed, steps_done)
+    def _flush_log(self, logger, last_time: float, last_step: int) -> dict[str, float]:
+        self.metric_sums.add({"env_steps": float(self.env_steps)})
+        return super()._flush_log(logger, last_time, last_step)
+
+    def _checked_weights(self) -> list[torch.Tensor]:
+        return [*super()._checked_weights(), *self.value_net.parameters()]
 
     # ------------------------------------------------------------------------------- collection
     @torch.no_grad()
@@ -153,14 +157,14 @@ class OnlineRLTrainer(Trainer):
         return metrics
 
     # ---------------------------------------------------------------------------------- update
-    def rl_update(self, rollout: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
-        """One gradient step of the RL losses on `rollout` (default: the newest collection)."""
+    def rl_update(self, rollout: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """One gradient step of the RL losses on `rollout` (default: the newest collection); returns its terms
+        (0-d tensors, left on the device: the log rows check them)."""
         self.model.train()
         terms = rl_losses(self.model, self.value_net, self.rollout if rollout is None else rollout, self.rl_config)
-        self._raise_if_not_finite(terms, self.step, "lower rl_learning_rate")
         self._apply_gradients(terms["rl_loss"], self.rl_optimizer)
         self._update_ema()
-        return {name: float(value.detach()) for name, value in terms.items()}
+        return {name: value.detach() for name, value in terms.items()}
 
     def close(self) -> None:
         self.collector.close()

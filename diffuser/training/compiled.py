@@ -1,0 +1,74 @@
+"""The optional compiled training loss (`compile: true`): torch.compile, or eager when it cannot be had.
+
+The loss function (forward, and through AOTAutograd its backward) runs as a few generated kernels
+instead of hundreds of small eager ops. Random draws inside the loss fall back to eager kernels
+(inductor's `fallback_random`), so a compiled run draws the same numbers from the same global RNG
+as an eager one: the checkpointed RNG state means the same thing for both, and compiled losses
+match eager ones up to the rounding of fused arithmetic (not bit for bit). A resumed compiled run
+compiles the same graphs again and repeats the uninterrupted one on the same machine and torch.
+
+When torch.compile is unavailable (no C++ compiler for the CPU backend, a platform dynamo does not
+support, an op it cannot trace) the first call says so in one line and training runs eager.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import torch
+
+
+def _compile_unavailable() -> str | None:
+    """Why torch.compile cannot run here, or None when it may."""
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        return f"torch.compile does not support this platform (Python {sys.version.split()[0]})"
+    return None
+
+
+def _warn(why: str, what: str) -> None:
+    print(f"warning: compile: true, but {why}; {what} runs eager (the same results, slower).", file=sys.stderr)
+
+
+class CompiledOrEager:
+    """`fn` compiled by torch.compile; `fn` itself when compiling is unavailable or its first call fails."""
+
+    def __init__(self, fn: Callable, what: str):
+        self.fn = fn
+        self.what = what
+        self._compiled: Callable | None = None
+        self._proven = False  # the compiled function has run once
+        why = _compile_unavailable()
+        if why is not None:
+            _warn(why, what)
+            return
+        import torch._inductor.config
+
+        # random ops as eager kernels: the same draws from the same RNG as the eager path (see above)
+        torch._inductor.config.fallback_random = True
+        self._compiled = torch.compile(fn)
+
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
+
+    def __call__(self, *args, **kwargs):
+        if self._compiled is None:
+            return self.fn(*args, **kwargs)
+        if self._proven:
+            return self._compiled(*args, **kwargs)
+        rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        try:
+            out = self._compiled(*args, **kwargs)
+        except Exception as err:  # compilation raises many types (missing compiler, unsupported op, ...)
+            _warn(f"torch.compile failed ({type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]})", self.what)
+            self._compiled = None
+            torch.set_rng_state(rng)  # the failed attempt may have drawn numbers: the eager call draws them again
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+            return self.fn(*args, **kwargs)
+        self._proven = True
+        return out
