@@ -11,7 +11,6 @@ Two layers, because neither sees everything on a CPU machine:
 
 from __future__ import annotations
 
-import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 

@@ -4,8 +4,10 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
-from diffuser.models.critics import IQLCritic
+from diffuser.models.critics import IQLCritic, TwinQ
+from diffuser.models.denoisers import mlp
 
 MEANS = torch.tensor([1.0, -2.0])  # mean return of state 0 and state 1
 SPREADS = torch.tensor([1.0, 2.0])  # returns are uniform on mean +- spread, set by the latent z in [-1, 1]
@@ -105,3 +107,21 @@ def test_each_loss_trains_only_its_own_network():
     critic.q_loss(observations, latents, torch.randn(8, 2), torch.randn(8, 3), torch.zeros(8)).backward()
     assert all(p.grad is None for p in critic.value.parameters())
     assert any(p.grad is not None for p in critic.q.parameters())
+
+
+def test_stacked_twins_compute_two_independent_mlps_and_read_separate_twin_checkpoints():
+    torch.manual_seed(0)
+    separate = [mlp(5, 16, 1, activation=nn.ReLU) for _ in range(2)]  # the layout before the twins were stacked
+    old_state = {f"q{m + 1}.{key}": value for m, net in enumerate(separate) for key, value in net.state_dict().items()}
+    twins = TwinQ(3, 2, hidden_dim=16)
+    twins.load_state_dict(old_state)
+    observations, latents = torch.randn(8, 3), torch.randn(8, 2)
+    expected = torch.stack([net(torch.cat([observations, latents], -1)).squeeze(-1) for net in separate])
+    torch.testing.assert_close(twins(observations, latents), expected)
+    # each twin's gradient comes from its own output only
+    twins(observations, latents)[1].sum().backward()
+    assert all(w.grad[0].abs().sum() == 0 and w.grad[1].abs().sum() > 0 for w in twins.weights)
+    # a fresh pair starts as two different networks, each at nn.Linear's scale
+    fresh = TwinQ(3, 2, hidden_dim=16)
+    assert not torch.allclose(fresh.weights[0][0], fresh.weights[0][1])
+    assert fresh.weights[1].abs().max() <= 1 / 16 ** 0.5

@@ -11,11 +11,15 @@ it bootstraps with discount^K.
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
 
 from diffuser.models.denoisers import mlp
+
+# Q(s, z): hidden layers of each twin, as in `mlp`'s default
+Q_HIDDEN_LAYERS = 2
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
@@ -25,17 +29,49 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
 
 
 class TwinQ(nn.Module):
-    """Two independent Q(s, z) networks; their minimum counters overestimation."""
+    """Two independent Q(s, z) ReLU MLPs; their minimum counters overestimation.
+
+    The twins' weights are stacked ([2, in, out] per layer) and run as one batched matmul per layer
+    (`torch.baddbmm`): half the kernels of two separate networks, and the same function. Each twin
+    is initialised as `nn.Linear` would be, independently.
+    """
+
+    n_members = 2
 
     def __init__(self, obs_dim: int, latent_dim: int, hidden_dim: int):
         super().__init__()
-        self.q1 = mlp(obs_dim + latent_dim, hidden_dim, 1, activation=nn.ReLU)
-        self.q2 = mlp(obs_dim + latent_dim, hidden_dim, 1, activation=nn.ReLU)
+        widths = [obs_dim + latent_dim] + [hidden_dim] * Q_HIDDEN_LAYERS + [1]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
+            bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's default initialisation
+            self.weights.append(nn.Parameter(torch.empty(self.n_members, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(self.n_members, 1, fan_out).uniform_(-bound, bound)))
+        self._register_load_state_dict_pre_hook(_stack_separate_twins)
 
     def forward(self, observations: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """[B, obs_dim], [B, latent_dim] -> [2, B]."""
         x = torch.cat([observations, latents], dim=-1)
-        return torch.stack([self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)])
+        h = x.expand(self.n_members, *x.shape)  # [2, B, in], no copy
+        last = len(self.weights) - 1
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
+            h = torch.baddbmm(bias, h, weight)
+            if i < last:
+                h = torch.relu(h)
+        return h.squeeze(-1)
+
+
+def _stack_separate_twins(state_dict, prefix, *args) -> None:
+    """Read checkpoints written before the twins were stacked: `q1.<layer>.weight` [out, in] of two
+    nn.Sequential MLPs (Linear layers at 0, 2, 4) become `weights.<i>` [2, in, out] and `biases.<i>` [2, 1, out]."""
+    if f"{prefix}q1.0.weight" not in state_dict:
+        return
+    for i in range(Q_HIDDEN_LAYERS + 1):
+        layer = 2 * i  # Linear, activation, Linear, ...
+        weights = [state_dict.pop(f"{prefix}q{m}.{layer}.weight") for m in (1, 2)]
+        biases = [state_dict.pop(f"{prefix}q{m}.{layer}.bias") for m in (1, 2)]
+        state_dict[f"{prefix}weights.{i}"] = torch.stack([w.t() for w in weights])
+        state_dict[f"{prefix}biases.{i}"] = torch.stack([b[None] for b in biases])
 
 
 class IQLCritic(nn.Module):
@@ -75,9 +111,15 @@ class IQLCritic(nn.Module):
 
     def value_loss(self, observations: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """Expectile regression of V(s) toward min target-Q(s, z_data)."""
+        return self.value_loss_and_advantages(observations, latents)[0]
+
+    def value_loss_and_advantages(self, observations: torch.Tensor, latents: torch.Tensor):
+        """(the value loss, the advantages min target-Q(s, z_data) - V(s) [B], detached): one pass of each
+        network serves both."""
         with torch.no_grad():
             target = self.q_min(observations, latents, target=True)
-        return expectile_loss(target - self.v(observations), self.expectile)
+        values = self.v(observations)
+        return expectile_loss(target - values, self.expectile), (target - values).detach()
 
     def q_loss(self, observations, latents, rewards, next_observations, dones) -> torch.Tensor:
         """MSE of both Q(s, z_data) toward the TD target (rewards [B, K], dones [B])."""
@@ -86,5 +128,4 @@ class IQLCritic(nn.Module):
 
     @torch.no_grad()
     def update_targets(self) -> None:
-        for target, online in zip(self.q_target.parameters(), self.q.parameters(), strict=True):
-            target.lerp_(online, self.target_update_rate)
+        torch._foreach_lerp_(list(self.q_target.parameters()), list(self.q.parameters()), self.target_update_rate)

@@ -133,7 +133,10 @@ class DiffusionRL(nn.Module):
         latents = mu.detach()
         cond = self.condition(observations, batch["history_observations"], batch["history_actions"],
                               batch["history_mask"])
-        weights = self.advantage_weights(observations, latents)
+        advantages = None
+        if self.critic is not None:
+            terms["value_loss"], advantages = self.critic.value_loss_and_advantages(observations, latents)
+        weights = self._weights_of(advantages)
         terms["diffusion_loss"] = self.diffusion.training_loss(self.denoiser, latents, cond, weights)
         if weights is not None:
             # Effective sample size of the weighted batch as a share of the batch: 1 = uniform weights,
@@ -141,7 +144,6 @@ class DiffusionRL(nn.Module):
             terms["advantage_weight_ess"] = weights.sum() ** 2 / (weights.numel() * (weights**2).sum())
         total = terms["diffusion_loss"] + self.vae_weight * vae_loss
         if self.critic is not None:
-            terms["value_loss"] = self.critic.value_loss(observations, latents)
             terms["q_loss"] = self.critic.q_loss(observations, latents, batch["rewards"],
                                                  batch["next_observations"], batch["dones"])
             total = total + terms["value_loss"] + terms["q_loss"]
@@ -153,9 +155,13 @@ class DiffusionRL(nn.Module):
         """[B] exp(beta * (min target-Q(s, z) - V(s))), capped, for the diffusion loss; None (plain imitation)
         without a critic or at beta 0. The diffusion then learns the data's latents tilted toward those the
         critic rates above the state's value, the policy extraction of AWR and IQL."""
-        if self.critic is None or self.advantage_weight_beta == 0:
+        if self.critic is None:
             return None
-        advantages = self.critic.q_min(observations, latents, target=True) - self.critic.v(observations)
+        return self._weights_of(self.critic.q_min(observations, latents, target=True) - self.critic.v(observations))
+
+    def _weights_of(self, advantages: torch.Tensor | None) -> torch.Tensor | None:
+        if advantages is None or self.advantage_weight_beta == 0:
+            return None
         return torch.exp(self.advantage_weight_beta * advantages).clamp(max=MAX_ADVANTAGE_WEIGHT)
 
     def after_optimizer_step(self) -> None:
