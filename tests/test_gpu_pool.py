@@ -137,3 +137,61 @@ def test_slurm_job_without_gpus_runs_on_the_cpu_even_with_a_pool(pool_env):
     assert claim["source"] == "slurm" and claim["device"] == "cpu" and claim["gpu"] is None
     assert claim["cuda_visible_devices"] is None
     assert not Path(pool_env["DIFFUSER_GPU_LOCK_DIR"]).exists()
+
+
+def most_at_once(intervals) -> int:
+    """The largest number of (start, end) intervals that overlap at one moment."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    held = most = 0
+    for _, change in events:  # an end sorts before a start at the same time: back-to-back is not overlap
+        held += change
+        most = max(most, held)
+    return most
+
+
+def test_a_gpu_takes_at_most_jobs_per_gpu_jobs_at_once(pool_env):
+    # 2 GPUs x 2 slots, 9 concurrent claimants holding 1 s each
+    pool_env["DIFFUSER_JOBS_PER_GPU"] = "2"
+    jobs = [start(pool_env, hold=1.0) for _ in range(9)]
+    held = {"0": [], "1": []}
+    for job in jobs:
+        claim, release = finish(job)
+        assert job.returncode == 0 and claim["slot"] in (0, 1)
+        held[claim["gpu"]].append((claim["claimed_at"], release["released_at"]))
+    most = [most_at_once(intervals) for intervals in held.values()]
+    assert max(most) == 2, f"jobs held at once per GPU: {most}; 2 may share one, never 3"
+    assert sum(map(len, held.values())) == 9
+
+
+def test_jobs_spread_over_the_gpus_before_sharing_one(pool_env):
+    pool_env["DIFFUSER_JOBS_PER_GPU"] = "3"
+    holders = [start(pool_env) for _ in range(2)]
+    assert sorted((c["gpu"], c["slot"]) for c in map(first_line, holders)) == [("0", 0), ("1", 0)]
+    third = start(pool_env)
+    assert (first_line(third)["slot"]) == 1
+    for process in (*holders, third):
+        process.stdin.close()
+        process.wait(timeout=30)
+
+
+def test_a_killed_job_frees_its_slot_of_a_shared_gpu(pool_env):
+    pool_env.update(DIFFUSER_GPUS="5", DIFFUSER_JOBS_PER_GPU="2")
+    holders = [start(pool_env), start(pool_env)]
+    by_slot = {first_line(h)["slot"]: h for h in holders}
+    assert set(by_slot) == {0, 1}
+    waiting = start(pool_env, timeout=30)
+    time.sleep(0.5)
+    assert waiting.poll() is None  # both slots held: it waits
+    os.kill(by_slot[1].pid, signal.SIGKILL)
+    by_slot[1].wait()
+    claim = first_line(waiting)
+    assert (claim["gpu"], claim["slot"]) == ("5", 1)
+    for process in (by_slot[0], waiting):
+        process.stdin.close()
+        process.wait(timeout=30)
+
+
+def test_a_bad_jobs_per_gpu_fails_in_one_line(pool_env):
+    pool_env["DIFFUSER_JOBS_PER_GPU"] = "0"
+    (result,) = finish(start(pool_env, hold=0))
+    assert "DIFFUSER_JOBS_PER_GPU='0'" in result["error"] and "whole number >= 1" in result["error"]

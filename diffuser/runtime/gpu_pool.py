@@ -1,9 +1,13 @@
-"""One GPU per job: a machine-wide pool of GPU ids claimed with file locks.
+"""Up to `jobs_per_gpu` jobs per GPU: a machine-wide pool of GPU slots claimed with file locks.
 
 `snakemake --cores N --resources gpu=G` bounds how many GPU jobs run at once but does not say
-which GPU each one gets. Each job therefore claims a free id itself: one lock file per id in a
-shared lock directory, locked with `fcntl.flock` for the life of the process. The kernel drops
-the lock when the process ends, however it ends, so a crashed or killed job frees its GPU.
+which GPU each one gets. Each job therefore claims a free slot itself: one lock file per (GPU id,
+slot) in a shared lock directory, locked with `fcntl.flock` for the life of the process. The kernel
+drops the lock when the process ends, however it ends, so a crashed or killed job frees its slot.
+A GPU has `DIFFUSER_JOBS_PER_GPU` slots (default 1: one job per GPU; the spec's
+`meta_data.jobs_per_gpu` sets it for a workflow's jobs). Slots are handed out across GPUs first
+(slot 0 of every GPU, then slot 1, ...), so jobs spread over the GPUs before they share one. Every
+job using a pool must agree on jobs_per_gpu: one that counts fewer slots looks at fewer lock files.
 
 Where the ids come from:
 - `DIFFUSER_GPUS` ("0,1,3"; "", "none" or "-1" for no GPU), else the GPUs `nvidia-smi` lists;
@@ -11,7 +15,7 @@ Where the ids come from:
   `CUDA_VISIBLE_DEVICES` is already set and `DIFFUSER_GPUS` is not, the pool steps aside and
   the job uses the GPUs it was given (a SLURM job given none runs on the CPU).
 
-Environment: `DIFFUSER_GPU_LOCK_DIR` (default `<tmp>/diffuser-gpu-locks`, shared by every user of
+Environment: `DIFFUSER_JOBS_PER_GPU` (slots per GPU, default 1), `DIFFUSER_GPU_LOCK_DIR` (default `<tmp>/diffuser-gpu-locks`, shared by every user of
 the machine), `DIFFUSER_GPU_WAIT_SECONDS` (how long a job waits for a free GPU, default 3600).
 """
 
@@ -33,6 +37,7 @@ NO_GPU_WORDS = ("", "none", "-1")
 # where SLURM names a job's GPUs when CUDA_VISIBLE_DEVICES is not set
 SLURM_GPU_VARIABLES = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS")
 DEFAULT_WAIT_SECONDS = 3600.0
+DEFAULT_JOBS_PER_GPU = 1
 POLL_SECONDS = 0.2
 
 
@@ -44,9 +49,10 @@ class DeviceClaim:
     device: str  # the torch device string to use in this process
     gpu: str | None  # the physical GPU id claimed from the pool, if any
     source: str  # "cpu", "pool", "explicit", "slurm", "CUDA_VISIBLE_DEVICES" or "no-gpu"
-    cuda_visible_devices: str | None  # CUDA_VISIBLE_DEVICES after the claim
+    cuda_visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES after the claim
     lock_path: str | None = None
     waited_seconds: float = 0.0
+    slot: int | None = None  # which of the GPU's jobs_per_gpu slots this job holds (its lock's)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -63,6 +69,14 @@ def lock_dir() -> Path:
 
 def wait_seconds() -> float:
     return float(os.environ.get("DIFFUSER_GPU_WAIT_SECONDS", DEFAULT_WAIT_SECONDS))
+
+
+def jobs_per_gpu() -> int:
+    value = os.environ.get("DIFFUSER_JOBS_PER_GPU", str(DEFAULT_JOBS_PER_GPU))
+    if not value.strip().isdigit() or int(value) < 1:
+        raise GpuPoolError(f"DIFFUSER_JOBS_PER_GPU={value!r} is not a whole number >= 1; set it to how many jobs "
+                           "may share one GPU (1 = a GPU per job).")
+    return int(value)
 
 
 def pool_ids() -> list[str]:
@@ -100,9 +114,14 @@ def _open_lock_dir() -> Path:
     return directory
 
 
-def _try_lock(directory: Path, gpu: str) -> int | None:
-    """An open, exclusively locked file descriptor for `gpu`, or None if another process holds it."""
-    path = directory / f"gpu-{gpu}.lock"
+def _lock_name(gpu: str, slot: int) -> str:
+    # slot 0 keeps the name of the one-job-per-GPU pool, so older jobs and this one exclude each other there
+    return f"gpu-{gpu}.lock" if slot == 0 else f"gpu-{gpu}.slot{slot}.lock"
+
+
+def _try_lock(directory: Path, gpu: str, slot: int = 0) -> int | None:
+    """An open, exclusively locked file descriptor for `gpu`'s `slot`, or None if another process holds it."""
+    path = directory / _lock_name(gpu, slot)
     # flock needs no write permission, so a lock file created by another user still works read-only
     fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
     try:
@@ -113,21 +132,23 @@ def _try_lock(directory: Path, gpu: str) -> int | None:
     return fd
 
 
-def _claim_from_pool(ids: list[str], timeout: float) -> tuple[str, int, float]:
-    """(gpu id, its locked file descriptor, seconds waited)."""
+def _claim_from_pool(ids: list[str], timeout: float) -> tuple[str, int, int, float]:
+    """(gpu id, slot, its locked file descriptor, seconds waited)."""
     directory = _open_lock_dir()
+    slots = jobs_per_gpu()
     started = time.monotonic()
     while True:
-        for gpu in ids:
-            fd = _try_lock(directory, gpu)
-            if fd is not None:
-                return gpu, fd, time.monotonic() - started
+        for slot in range(slots):  # every GPU's first slot before any second one
+            for gpu in ids:
+                fd = _try_lock(directory, gpu, slot)
+                if fd is not None:
+                    return gpu, slot, fd, time.monotonic() - started
         waited = time.monotonic() - started
         if waited >= timeout:
             raise GpuPoolError(
-                f"all GPUs of the pool ({','.join(ids)}) stayed held by other jobs for {waited:.0f} s "
-                f"(locks in {directory}); run fewer GPU jobs at once (snakemake --resources gpu={len(ids)}) "
-                "or raise DIFFUSER_GPU_WAIT_SECONDS."
+                f"all GPUs of the pool ({','.join(ids)}, {slots} job(s) each) stayed held by other jobs for "
+                f"{waited:.0f} s (locks in {directory}); run fewer GPU jobs at once (snakemake --resources "
+                f"gpu={len(ids) * slots}) or raise DIFFUSER_GPU_WAIT_SECONDS."
             )
         time.sleep(POLL_SECONDS)
 
@@ -137,19 +158,21 @@ def _cuda_initialised() -> bool:
     return torch is not None and torch.cuda.is_initialized()
 
 
-def _use(gpu: str, requested: str, source: str, fd: int | None = None, waited: float = 0.0) -> DeviceClaim:
-    """Point this process at physical GPU `gpu`; `fd` is its lock, kept open until the process ends."""
+def _use(gpu: str, requested: str, source: str, fd: int | None = None, waited: float = 0.0,
+         slot: int | None = None) -> DeviceClaim:
+    """Point this process at physical GPU `gpu`; `fd` is the lock of its `slot`, kept open until the process ends."""
     lock_path = None
     if fd is not None:
         _held_locks.append(fd)
-        lock_path = str(lock_dir() / f"gpu-{gpu}.lock")
+        lock_path = str(lock_dir() / _lock_name(gpu, slot or 0))
     if _cuda_initialised():
         # too late to hide the other GPUs from this process: address the claimed one directly
         device = f"cuda:{gpu}"
     else:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
         device = "cuda:0"
-    return DeviceClaim(requested, device, gpu, source, os.environ.get("CUDA_VISIBLE_DEVICES"), lock_path, waited)
+    return DeviceClaim(requested, device, gpu, source, os.environ.get("CUDA_VISIBLE_DEVICES"), lock_path, waited,
+                       slot if fd is not None else None)
 
 
 def _cuda_available() -> bool:
@@ -191,7 +214,7 @@ def claim_device(requested: str = "auto", *, timeout: float | None = None, check
 def _claim(requested: str, timeout: float) -> DeviceClaim:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if requested == "cpu":
-        return DeviceClaim(requested, "cpu", None, "cpu", visible)
+        return DeviceClaim(requested, "cpu", None, "cpu", cuda_visible_devices=visible)
     if os.environ.get("SLURM_JOB_ID"):
         if visible is None:
             visible = next((os.environ[name] for name in SLURM_GPU_VARIABLES if os.environ.get(name)), "none")
@@ -207,17 +230,22 @@ def _claim(requested: str, timeout: float) -> DeviceClaim:
                 f"cuda:{len(ids) - 1} or device: auto."
             )
         gpu = ids[index] if ids else str(index)
-        # locked when free so pooled jobs avoid it; used even when another job holds it (asked for)
-        return _use(gpu, requested, "explicit", _try_lock(_open_lock_dir(), gpu))
+        # a free slot is locked so pooled jobs count this one; used even when all are held (asked for)
+        directory = _open_lock_dir()
+        for slot in range(jobs_per_gpu()):
+            fd = _try_lock(directory, gpu, slot)
+            if fd is not None:
+                return _use(gpu, requested, "explicit", fd, slot=slot)
+        return _use(gpu, requested, "explicit")
     if not ids:
         if requested == "cuda":
             raise GpuPoolError(
                 "device 'cuda' asks for a GPU but none is listed (DIFFUSER_GPUS is empty and nvidia-smi "
                 "finds none); set DIFFUSER_GPUS or use device: auto."
             )
-        return DeviceClaim(requested, "cpu", None, "no-gpu", visible)
-    gpu, fd, waited = _claim_from_pool(ids, timeout)
-    return _use(gpu, requested, "pool", fd, waited)
+        return DeviceClaim(requested, "cpu", None, "no-gpu", cuda_visible_devices=visible)
+    gpu, slot, fd, waited = _claim_from_pool(ids, timeout)
+    return _use(gpu, requested, "pool", fd, waited, slot)
 
 
 def _given_by_scheduler(requested: str, source: str, visible: str) -> DeviceClaim:
@@ -229,7 +257,7 @@ def _given_by_scheduler(requested: str, source: str, visible: str) -> DeviceClai
             "the scheduler or use device: auto."
         )
     device = (requested if requested.startswith("cuda:") else "cuda:0") if has_gpu else "cpu"
-    return DeviceClaim(requested, device, None, source, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    return DeviceClaim(requested, device, None, source, cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
 def machine_gpu_ids() -> list[str]:
