@@ -21,7 +21,11 @@ ROOT = HERE.parent
 # Cheapest first, so a broken setup shows early.
 BENCHMARKS = ("sampler", "training", "evaluation", "sampling")
 # Scripts run_all leaves out, and why (each bench_*.py is in one of the two lists; a test checks it).
-NOT_RUN = {"policy_quality": "trains and evaluates full runs for minutes per seed; run it by hand"}
+NOT_RUN = {
+    "policy_quality": "trains and evaluates full runs for minutes per seed; run it by hand",
+    "fast_step": "times against a checkout of an older commit (--baseline-root) and compiles for minutes; run it by hand",
+    "gpu_cells": "needs a CUDA GPU; run it by hand there",
+}
 
 
 def script(name: str) -> Path:

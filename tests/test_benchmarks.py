@@ -78,3 +78,28 @@ def test_run_all_runs_or_names_every_benchmark_script():
     scripts = {path.stem.removeprefix("bench_") for path in (ROOT / "benchmarks").glob("bench_*.py")}
     assert set(run_all.BENCHMARKS) | set(run_all.NOT_RUN) == scripts
     assert not set(run_all.BENCHMARKS) & set(run_all.NOT_RUN)
+
+
+def test_bench_fast_step_reports_ratios_to_the_first_variant_and_the_floor(tiny_maze_data, capsys):
+    rows = bench("fast_step").main(
+        ["--data-dir", str(tiny_maze_data), "--steps", "2", "--warmup", "1", "--repeats", "2", "--no-compile", *TINY]
+    )
+    assert [row["variant"] for row in rows] == ["this checkout, eager", "this checkout, per-step host reads",
+                                                "matrix products alone (floor)"]
+    assert rows[0]["speedup"] == 1.0 and rows[-1]["vs_floor"] == 1.0
+    for row in rows:
+        assert positive(row["ms_per_step"], row["ops_per_step"])
+        assert row["vs_floor"] == pytest.approx(row["ms_per_step"] / rows[-1]["ms_per_step"])
+    assert rows[-1]["ops_per_step"] < rows[0]["ops_per_step"]  # the floor is the products alone
+    assert "x floor" in capsys.readouterr().out
+
+
+def test_bench_gpu_cells_runs_cells_side_by_side(tiny_maze_data, capsys):
+    # on the CPU here: the script's logic, not a GPU's speed
+    rows = bench("gpu_cells").main(["--data-dir", str(tiny_maze_data), "--device", "cpu", "--cells", "1", "2",
+                                    "--modes", "eager", "--steps", "2", "--warmup", "1", "--repeats", "1", *TINY])
+    assert [(row["mode"], row["cells"]) for row in rows] == [("eager", 1), ("eager", 2)]
+    assert rows[0]["total_vs_one"] == 1.0
+    assert rows[1]["total_vs_one"] == pytest.approx(rows[1]["total"] / rows[0]["total"])
+    assert positive(*(row["per_cell"] for row in rows))
+    assert "steps/s total" in capsys.readouterr().out

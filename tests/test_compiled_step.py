@@ -1,0 +1,53 @@
+"""`compile: true`: the compiled training loss matches eager within a stated tolerance, and where
+torch.compile is unavailable or fails, training runs eager (the same numbers) after one warning line."""
+
+import pytest
+import torch
+from test_sync_free_step import make_trainer
+
+from diffuser.training import compiled
+
+# fused kernels reorder float32 sums: a few ulps per op, amplified a little by three optimizer steps
+LOSS_RTOL, LOSS_ATOL = 1e-4, 1e-6
+N_STEPS = 3
+
+
+def losses(trainer, n: int) -> list[dict[str, float]]:
+    return [{name: float(value) for name, value in trainer.train_step().items()} for _ in range(n)]
+
+
+@pytest.mark.slow  # compiling the tiny model's loss takes 30-90 s on a 2-core CPU
+def test_compiled_losses_match_eager_within_tolerance(tmp_path, tiny_maze_data):
+    eager = losses(make_trainer(tiny_maze_data, tmp_path / "eager"), N_STEPS)
+    trainer = make_trainer(tiny_maze_data, tmp_path / "compiled", compile=True)
+    got = losses(trainer, N_STEPS)
+    assert trainer._loss_fn.compiled, "the loss was not compiled here (a fallback would make the test vacuous)"
+    for step, (a, b) in enumerate(zip(eager, got, strict=True)):
+        assert a.keys() == b.keys()
+        for name in a:
+            assert b[name] == pytest.approx(a[name], rel=LOSS_RTOL, abs=LOSS_ATOL), f"{name} at step {step + 1}"
+
+
+def test_unavailable_compile_warns_once_and_trains_eager(tmp_path, tiny_maze_data, monkeypatch, capsys):
+    monkeypatch.setattr(compiled, "_compile_unavailable", lambda: "torch.compile does not support this platform")
+    trainer = make_trainer(tiny_maze_data, tmp_path / "c", compile=True)
+    got = losses(trainer, N_STEPS)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "compile: true, but torch.compile does not support" in err and "eager" in err
+    assert got == losses(make_trainer(tiny_maze_data, tmp_path / "e"), N_STEPS)
+
+
+def test_a_compile_failure_on_the_first_call_falls_back_with_the_same_random_draws(tmp_path, tiny_maze_data,
+                                                                                   monkeypatch, capsys):
+    def failing_compile(fn):
+        def call(*args, **kwargs):
+            torch.randn(1000)  # a failed attempt may draw numbers before it fails
+            raise RuntimeError("C++ compiler not found\nmore detail")
+        return call
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    trainer = make_trainer(tiny_maze_data, tmp_path / "c", compile=True)
+    got = losses(trainer, N_STEPS)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "torch.compile failed (RuntimeError: C++ compiler not found)" in err
+    assert got == losses(make_trainer(tiny_maze_data, tmp_path / "e"), N_STEPS), "eager draws the same numbers"
