@@ -259,3 +259,10 @@ def test_advantage_weights_follow_the_critic_and_reach_the_diffusion_loss():
     ess = fixed_noise_loss(model, batch)[1]["advantage_weight_ess"].item()
     assert 1 / 64 < ess < 1.0
     assert "advantage_weight_ess" not in fixed_noise_loss(plain, batch)[1]
+
+
+def test_gru_first_step_from_zero_is_the_gru_cell():
+    torch.manual_seed(0)
+    encoder = TrajectoryEncoder(OBS_DIM, ACTION_DIM, history_horizon=1, latent_dim=8, kind="gru", use_actions=False)
+    x = torch.randn(5, 8)
+    torch.testing.assert_close(encoder._gru_from_zero(x), encoder.cell(x, torch.zeros(5, 8)))
