@@ -4,6 +4,7 @@ torch.compile is unavailable or fails, training runs eager (the same numbers) af
 import pytest
 import torch
 from test_sync_free_step import make_trainer
+from test_training import TINY
 
 from diffuser.training import compiled
 
@@ -51,3 +52,22 @@ def test_a_compile_failure_on_the_first_call_falls_back_with_the_same_random_dra
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "torch.compile failed (RuntimeError: C++ compiler not found)" in err
     assert got == losses(make_trainer(tiny_maze_data, tmp_path / "e"), N_STEPS), "eager draws the same numbers"
+
+
+@pytest.mark.slow  # compiles three times (the FX graph cache makes the later ones faster)
+def test_a_resumed_compiled_run_repeats_the_uninterrupted_one(tmp_path, tiny_maze_data, capsys):
+    from diffuser import steps
+    from diffuser.config import validate_cell_config
+    from diffuser.training.checkpoints import load_checkpoint
+
+    def run(run_dir, n_steps):
+        config = validate_cell_config({**TINY, "compile": True, "lr_schedule": "constant", "save_freq": 20,
+                                       "n_train_steps": n_steps}, "test config")
+        return steps.train(config, run_dir, tiny_maze_data)
+
+    straight = load_checkpoint(run(tmp_path / "straight", 40))
+    run(tmp_path / "resumed", 20)
+    resumed = load_checkpoint(run(tmp_path / "resumed", 40))  # continues from the step-20 checkpoint
+    assert "compile: true, but" not in capsys.readouterr().err, "the runs fell back to eager"
+    for key in straight["ema"]:
+        assert torch.equal(straight["ema"][key], resumed["ema"][key]), f"{key} differs after a compiled resume"
