@@ -1,11 +1,13 @@
 """The optional compiled training loss (`compile: true`): torch.compile, or eager when it cannot be had.
 
 The loss function (forward, and through AOTAutograd its backward) runs as a few generated kernels
-instead of hundreds of small eager ops. Random draws inside the loss fall back to eager kernels
-(inductor's `fallback_random`), so a compiled run draws the same numbers from the same global RNG
-as an eager one: the checkpointed RNG state means the same thing for both, and compiled losses
-match eager ones up to the rounding of fused arithmetic (not bit for bit). A resumed compiled run
-compiles the same graphs again and repeats the uninterrupted one on the same machine and torch.
+instead of hundreds of small eager ops. Given the same random numbers, compiled losses match eager
+ones up to the rounding of fused arithmetic (not bit for bit). The random numbers themselves are
+drawn differently: the compiled graph takes its seeds from the global RNG but does not consume it
+as the eager ops do (measured even with inductor's `fallback_random`), so a compiled run and an
+eager run of one cell are two different samples of the same training. Both seeds live in the
+checkpointed RNG state, so a resumed compiled run repeats the uninterrupted compiled one on the
+same machine, torch version and thread count.
 
 When torch.compile is unavailable (no C++ compiler for the CPU backend, a platform dynamo does not
 support, an op it cannot trace) the first call says so in one line and training runs eager.
@@ -44,10 +46,6 @@ class CompiledOrEager:
         if why is not None:
             _warn(why, what)
             return
-        import torch._inductor.config
-
-        # random ops as eager kernels: the same draws from the same RNG as the eager path (see above)
-        torch._inductor.config.fallback_random = True
         self._compiled = torch.compile(fn)
 
     @property
