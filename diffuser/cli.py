@@ -15,6 +15,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from diffuser.reporting import ReportError
     from diffuser.utils.checkpoint import CheckpointError
     from diffuser.utils.gpu_pool import GpuPoolError
+    from diffuser.utils.loggers import LoggerUnavailable
     from diffuser.utils.trainer import TrainingDiverged
 
     return (
@@ -24,6 +25,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         CheckpointError,
         TrainingDiverged,
         GpuPoolError,
+        LoggerUnavailable,
         ReportError,
     )
 

@@ -38,6 +38,7 @@ import copy
 import difflib
 import functools
 import hashlib
+import importlib.util
 import itertools
 import json
 import os
@@ -78,6 +79,8 @@ VAE_KEYS = (
     "seed",
 )
 DATASET_GENERATION_KEYS = ("dataset_steps", "dataset_action_noise", "dataset_seed")
+# The package each optional logger of `loggers` needs (diffuser/utils/loggers.py).
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "dvclive": "dvclive"}
 
 
 class ConfigError(ValueError):
@@ -399,6 +402,11 @@ def _cell_problems(config: dict) -> list[str]:
             f"({config['n_train_steps']}), so the run would never interact with the environment; "
             "lower rl_warmup_steps or set online_training: false."
         )
+    for logger in config["loggers"]:
+        package = LOGGER_PACKAGES.get(logger)
+        if package and importlib.util.find_spec(package) is None:
+            problems.append(f"loggers lists {logger}, but the {package} package is not installed: "
+                            f"pip install {package}, or remove {logger} from loggers.")
     return problems
 
 

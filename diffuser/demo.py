@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = "config/config.yaml"
 PROFILE = "workflow/profiles/default"
 REPORT_NAME = "report.html"
+PAGE_NAME = "summary.html"  # written by the aggregate step (diffuser.reporting.page)
 
 
 def _shown(path: Path) -> str:
@@ -106,7 +107,8 @@ def run_demo(cores: int | None = None, root: Path = ROOT) -> int:
     print(f"\ndemo finished: experiment {spec.exp_name}")
     print(f"  summary: {_shown(summary)}   (one row per variant: mean and 95% CI over seeds)")
     print(f"  figures: {_shown(figures)}/   ({count} files: learning curves, final scores, offline vs online)")
-    print(f"  report:  {_shown(exp_dir / REPORT_NAME)}   (open it in a browser)")
+    print(f"  page:    {_shown(exp_dir / PAGE_NAME)}   (one self-contained page: scores, figures, environment, spec)")
+    print(f"  report:  {_shown(exp_dir / REPORT_NAME)}   (Snakemake's report: open it in a browser)")
     print(f"  cells:   {_shown(exp_dir / 'cells')}/<cell>/   (config.yaml, metrics.csv, run.json, eval.json)")
     print(f"  logs:    {_shown(root / 'logs' / spec.exp_name)}/")
     print("\nFinal normalized score, mean over seeds (0 = a random policy, 100 = the reference expert):")

@@ -1,0 +1,185 @@
+"""Where a cell's metrics go: the tidy metrics.csv always, mirrored to the loggers a config names.
+
+`loggers: [csv, tensorboard, wandb, dvclive]` (diffuser/schemas/cell.schema.yaml). metrics.csv is
+the source of truth (the report reads only it); every mirror receives exactly the rows the CSV
+receives, under the same metric names and steps:
+
+- tensorboard: event files in `<cell>/tensorboard/`, one scalar tag per metric;
+- wandb: a run in `<cell>/wandb/`, offline unless `wandb_project` is set (then online, and the
+  API key must already be configured: a job never asks for a login);
+- dvclive: `<cell>/dvclive/` (plots/metrics/<name>.tsv, metrics.json, dvc.yaml), which `dvc plots
+  show` and `dvc exp show` read.
+
+A run resumed from the checkpoint of step S repeats the steps after S, so each logger drops them:
+the CSV rewrites itself without them, TensorBoard writes a purge marker at S + 1 (readers discard
+the older events at and after it), DVCLive's tables are cut at S, and wandb keeps the run id, so
+the server ignores steps it already has (offline: each part is its own run file with the same id,
+merged by `wandb sync`).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from diffuser.utils.metrics import MetricsLogger
+
+MIRRORS = ("tensorboard", "wandb", "dvclive")
+TENSORBOARD_DIRNAME = "tensorboard"
+WANDB_DIRNAME = "wandb"
+DVCLIVE_DIRNAME = "dvclive"
+
+
+class LoggerUnavailable(Exception):
+    """A logger the config asks for cannot run here (its package is missing, no wandb login)."""
+
+
+def _missing_package(logger: str, package: str) -> LoggerUnavailable:
+    return LoggerUnavailable(
+        f"loggers: '{logger}' needs the {package} package, which is not installed: "
+        f"pip install {package} (or remove '{logger}' from loggers)."
+    )
+
+
+class TensorBoardMirror:
+    def __init__(self, log_dir: Path, resume_step: int | None):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as err:
+            raise _missing_package("tensorboard", "tensorboard") from err
+        if resume_step is None:
+            shutil.rmtree(log_dir, ignore_errors=True)  # a fresh run: no events of an older run under it
+        # purge_step: readers drop events of the killed run logged at steps >= resume_step + 1
+        purge = None if resume_step is None else resume_step + 1
+        self._writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self._writer.add_scalar(name, value, global_step=step)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """A stable id per cell directory, so a resumed cell continues its own wandb run."""
+    return hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
+
+
+class WandbMirror:
+    def __init__(self, run_dir: Path, config: dict, resume_step: int | None):
+        try:
+            import wandb
+        except ImportError as err:
+            raise _missing_package("wandb", "wandb") from err
+        project = config.get("wandb_project")
+        mode = "online" if project else "offline"
+        if mode == "online" and not _wandb_api_key(wandb):
+            raise LoggerUnavailable(
+                f"wandb_project is {project!r} but no wandb API key is configured on this machine: run `wandb login` "
+                "once outside the job or set WANDB_API_KEY, or unset wandb_project to log offline."
+            )
+        directory = run_dir / WANDB_DIRNAME
+        if resume_step is None and mode == "offline":
+            shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._run = wandb.init(
+            project=project or "diffuser",
+            dir=str(run_dir),
+            id=wandb_run_id(run_dir),
+            name=str(run_dir.name),
+            config=config,
+            mode=mode,
+            resume="allow",
+            reinit="create_new",
+            settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+        )
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        self._run.log(values, step=step)
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+def _wandb_api_key(wandb) -> str | None:
+    if os.environ.get("WANDB_API_KEY"):
+        return os.environ["WANDB_API_KEY"]
+    try:
+        return wandb.Api(timeout=1).api_key  # reads ~/.netrc; no network
+    except Exception:  # noqa: BLE001 - any failure means: no usable key
+        return None
+
+
+class DVCLiveMirror:
+    def __init__(self, log_dir: Path, resume_step: int | None):
+        try:
+            from dvclive import Live
+        except ImportError as err:
+            raise _missing_package("dvclive", "dvclive") from err
+        if resume_step is None:
+            shutil.rmtree(log_dir, ignore_errors=True)
+        else:
+            _cut_dvclive_tables(log_dir, resume_step)
+        # save_dvc_exp=False: a cell is one job of a sweep, not a DVC experiment of its own
+        self._live = Live(str(log_dir), resume=resume_step is not None, save_dvc_exp=False, report=None)
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        self._live.step = step
+        for name, value in values.items():
+            self._live.log_metric(name, value)
+        self._live.make_summary()
+
+    def close(self) -> None:
+        self._live.end()
+
+
+def _cut_dvclive_tables(log_dir: Path, resume_step: int) -> None:
+    """Drops the rows after `resume_step` from DVCLive's per-metric tables (plots/metrics/*.tsv)."""
+    for table in (log_dir / "plots" / "metrics").rglob("*.tsv"):
+        with open(table, newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t"))
+        if not rows:
+            continue
+        step_column = rows[0].index("step")
+        kept = [rows[0]] + [row for row in rows[1:] if int(row[step_column]) <= resume_step]
+        tmp = table.with_suffix(".tsv.tmp")
+        with open(tmp, "w", newline="") as f:
+            csv.writer(f, delimiter="\t", lineterminator="\n").writerows(kept)
+        os.replace(tmp, table)
+
+
+class RunLoggers:
+    """metrics.csv plus the mirrors named by `config["loggers"]`; `log(step, values)` writes to all.
+
+    Only finite values are logged (the CSV's rule), so every logger holds the same rows.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, config: dict, resume_step: int | None = None):
+        run_dir = Path(run_dir)
+        names = [name for name in config["loggers"] if name in MIRRORS]
+        self.csv = MetricsLogger(run_dir / "metrics.csv", resume_step=resume_step)
+        self.mirrors: list = []
+        try:
+            for name in dict.fromkeys(names):
+                if name == "tensorboard":
+                    self.mirrors.append(TensorBoardMirror(run_dir / TENSORBOARD_DIRNAME, resume_step))
+                elif name == "wandb":
+                    self.mirrors.append(WandbMirror(run_dir, config, resume_step))
+                else:
+                    self.mirrors.append(DVCLiveMirror(run_dir / DVCLIVE_DIRNAME, resume_step))
+        except BaseException:
+            self.close()
+            raise
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        logged = self.csv.log(step, values)
+        for mirror in self.mirrors:
+            mirror.log(int(step), logged)
+
+    def close(self) -> None:
+        for logger in (self.csv, *self.mirrors):
+            logger.close()
