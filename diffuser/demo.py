@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SPEC = "config/config.yaml"
 PROFILE = "workflow/profiles/default"
 REPORT_NAME = "report.html"
-PAGE_NAME = "summary.html"  # written by the aggregate step (diffuser.reporting.page)
 
 
 def _shown(path: Path) -> str:
@@ -57,21 +56,25 @@ def _number(value) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
 
 
+def _interval(low, high) -> str:
+    return "(1 seed)" if math.isnan(low) else f"[{_number(low)}, {_number(high)}]"
+
+
 def score_table(summary_csv: Path) -> str:
-    """The summary as a small text table: variant, seeds, mean and 95% CI of the normalized score."""
+    """The summary as a small text table: variant, seeds, mean and 95% CI (t), IQM and its 95%
+    bootstrap CI of the final normalized score, and the IQM of the best periodic evaluation."""
     import pandas as pd
 
     summary = pd.read_csv(summary_csv)
-    if not {"variant", "mean", "ci95_low", "ci95_high"} <= set(summary.columns):
+    if not {"variant", "mean", "ci95_low", "ci95_high", "iqm", "best_eval_iqm"} <= set(summary.columns):
         return summary.to_string(index=False)
     width = max(len("variant"), *(len(str(v)) for v in summary["variant"]))
-    lines = [f"  {'variant':<{width}}  seeds   mean   95% CI"]
+    lines = [f"  {'variant':<{width}}  seeds   mean   95% CI (t)      IQM   95% CI (bootstrap)  best-eval IQM"]
     for row in summary.itertuples():
         seeds = getattr(row, "n_seeds", "")
-        interval = (
-            "(1 seed)" if math.isnan(row.ci95_low) else f"[{_number(row.ci95_low)}, {_number(row.ci95_high)}]"
-        )
-        lines.append(f"  {row.variant:<{width}}  {seeds!s:>5}  {_number(row.mean):>5}   {interval}")
+        lines.append(f"  {row.variant:<{width}}  {seeds!s:>5}  {_number(row.mean):>5}   "
+                     f"{_interval(row.ci95_low, row.ci95_high):<14} {_number(row.iqm):>5}   "
+                     f"{_interval(row.iqm_ci95_low, row.iqm_ci95_high):<18}  {_number(row.best_eval_iqm):>5}")
     return "\n".join(lines)
 
 
@@ -101,6 +104,8 @@ def run_demo(cores: int | None = None, root: Path = ROOT) -> int:
     if code != 0:
         print(f"\ndemo: the pipeline finished but `snakemake --report` failed (exit status {code}).", file=sys.stderr)
         return code
+
+    from diffuser.reporting.page import PAGE_NAME  # written by the aggregate step
 
     summary, figures = exp_dir / "summary.csv", exp_dir / "figures"
     count = len([p for p in figures.iterdir() if p.suffix in (".png", ".svg")]) if figures.is_dir() else 0

@@ -297,7 +297,7 @@ def summarize(cells_df: pd.DataFrame, variables: list[str], replicate: str = "se
 
 def _runs_by_tasks(cells: pd.DataFrame, column: str, replicate: str, tasks: list) -> np.ndarray:
     """[runs, tasks] of `column`: one column per task, runs aligned by replicate; seeds missing a
-    task are dropped (rliable's stratified bootstrap needs the same runs in every task)."""
+    task are dropped, so every task counts the same runs."""
     if TASK_VARIABLE not in cells.columns or len(tasks) < 2:
         return cells[column].to_numpy(dtype=float)[:, None]
     table = cells.pivot_table(index=replicate, columns=TASK_VARIABLE, values=column, aggfunc="first")

@@ -29,7 +29,7 @@ from diffuser.reporting.stats import BOOTSTRAP_REPS, CONFIDENCE
 PAGE_NAME = "summary.html"
 SPEC_NAME = "spec.yaml"
 # Packages whose versions decide the numbers on the page.
-PACKAGES = ("diffuser", "torch", "numpy", "scipy", "rliable", "pandas", "matplotlib", "gymnasium",
+PACKAGES = ("diffuser", "torch", "numpy", "scipy", "pandas", "matplotlib", "gymnasium",
             "gymnasium-robotics", "snakemake", "dvc")
 # Figure sections, in page order: (title, which figure stems belong to it).
 SECTIONS = (
@@ -202,8 +202,8 @@ def write_page(exp_dir: str | os.PathLike, variables: list[str], replicate: str 
         f'<p class="note">{len(cells_df)} cells; written {now}. Scores are normalized: 0 = a random policy, '
         "100 = the reference expert. <b>Final</b>: the evaluation of the final (EMA) policy; <b>best periodic "
         "eval</b>: the highest of the evaluations during training, picked after the fact (optimistic). "
-        f"IQM: the mean of the middle 50% of seeds; its {CONFIDENCE:.0%} CI is rliable's stratified bootstrap "
-        f"({BOOTSTRAP_REPS} resamples); the mean's CI is Student t.</p>",
+        f"IQM: the mean of the middle 50% of seeds; its {CONFIDENCE:.0%} CI is a stratified percentile bootstrap "
+        f"({BOOTSTRAP_REPS} resamples, rliable's method, computed with scipy); the mean's CI is Student t.</p>",
         "<h2>Score table</h2>", score_table(summary),
     ]
     if tasks_path.exists():

@@ -1,4 +1,4 @@
-"""rliable-style figures: IQM with bootstrap CIs, performance profiles, probability of improvement.
+"""rliable's figures: IQM with bootstrap CIs, performance profiles, probability of improvement.
 
 Each takes the tables of diffuser.reporting.aggregate (summary, cells, improvement pairs) and
 returns a `matplotlib.figure.Figure`; the intervals are the stratified bootstrap 95% CIs of
@@ -20,7 +20,7 @@ DPI = 150
 PROFILE_POINTS = 101
 FINAL_LABEL = "final evaluation"
 BEST_LABEL = "best periodic evaluation (picked after the fact: optimistic)"
-IQM_NOTE = (f"IQM: mean of the middle 50% of seeds; bars: {CONFIDENCE:.0%} stratified bootstrap CI (rliable); "
+IQM_NOTE = (f"IQM: mean of the middle 50% of seeds; bars: {CONFIDENCE:.0%} stratified bootstrap CI (rliable's method); "
             "no bar with one seed")
 
 
@@ -91,7 +91,7 @@ def plot_performance_profile(cells: pd.DataFrame, colors: dict) -> Figure:
     ax.set_title("Performance profile")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    _note(fig, f"bands: {CONFIDENCE:.0%} stratified bootstrap CI (rliable); no band for a variant with one seed")
+    _note(fig, f"bands: {CONFIDENCE:.0%} stratified bootstrap CI (rliable's method); no band for a variant with one seed")
     return fig
 
 
@@ -109,5 +109,5 @@ def plot_improvement(pairs: pd.DataFrame) -> Figure:
     ax.set_xlabel("P(X > Y): probability that a run of X scores above a run of Y (final evaluation)")
     ax.set_title("Probability of improvement (X vs Y)")
     ax.grid(axis="x", alpha=0.3)
-    _note(fig, f"bars: {CONFIDENCE:.0%} bootstrap CI, runs of X and Y resampled independently (rliable); 0.5: no difference")
+    _note(fig, f"bars: {CONFIDENCE:.0%} bootstrap CI, runs of X and Y resampled independently; 0.5: no difference")
     return fig

@@ -59,6 +59,8 @@ class TensorBoardMirror:
     def log(self, step: int, values: dict[str, float]) -> None:
         for name, value in values.items():
             self._writer.add_scalar(name, value, global_step=step)
+        # as the CSV: a row logged is on disk, so a killed run loses none that resume will not repeat
+        self._writer.flush()
 
     def close(self) -> None:
         self._writer.close()

@@ -1,0 +1,176 @@
+"""Loggers: TensorBoard, DVCLive and wandb hold exactly the rows of metrics.csv, also after a kill and resume."""
+
+import csv
+import json
+import signal
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import PYTHON, ROOT, python_env
+
+from diffuser.config import ConfigError, load_cell_config, load_spec
+from diffuser.utils.checkpoint import latest_checkpoint
+from diffuser.utils.loggers import DVCLIVE_DIRNAME, TENSORBOARD_DIRNAME, WANDB_DIRNAME
+
+TINY = {
+    "dataset": "gen-maze2d-umaze",
+    "dataset_steps": 3000,
+    "hidden_dim": 32,
+    "vae_latent_dim": 4,
+    "trajectory_latent_dim": 16,
+    "denoiser_blocks": 1,
+    "history_horizon": 2,
+    "n_diffusion_steps": 10,
+    "n_sampling_steps": 3,
+    "n_action_samples": 2,
+    "batch_size": 16,
+    "num_threads": 1,
+    "log_freq": 10,
+    "eval_freq": 100000,
+}
+
+
+def write_cell(path, **overrides):
+    path.write_text(yaml.safe_dump({**TINY, **overrides}))
+    return path
+
+
+def train_cmd(cell, run_dir, data_dir):
+    return [PYTHON, "-m", "diffuser", "train", "--cell-config", str(cell), "--run-dir", str(run_dir),
+            "--data-dir", str(data_dir)]
+
+
+def csv_series(run_dir) -> dict[str, list[tuple[int, float]]]:
+    """{metric: [(step, value), ...]} of metrics.csv, in file order."""
+    table = pd.read_csv(run_dir / "metrics.csv")
+    return {name: list(zip(group["step"].astype(int), group["value"].astype(float), strict=True))
+            for name, group in table.groupby("metric", sort=True)}
+
+
+def tensorboard_series(log_dir) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} as TensorBoard reads the event files (purged events dropped)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in sorted(accumulator.Tags()["scalars"])}
+
+
+def dvclive_series(log_dir) -> dict[str, list[tuple[int, float]]]:
+    series = {}
+    for table in sorted((log_dir / "plots" / "metrics").glob("*.tsv")):
+        with open(table, newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+        series[table.stem] = [(int(r["step"]), float(r[table.stem])) for r in rows]
+    return series
+
+
+def assert_same_series(mirror: dict, truth: dict, what: str) -> None:
+    assert sorted(mirror) == sorted(truth), f"{what}: other metric names than metrics.csv"
+    for name, rows in truth.items():
+        steps = [step for step, _ in mirror[name]]
+        assert steps == [step for step, _ in rows], f"{what}: steps of {name} differ from metrics.csv"
+        for (_, got), (_, expected) in zip(mirror[name], rows, strict=True):
+            assert got == pytest.approx(expected, rel=1e-6, abs=1e-12), f"{what}: a value of {name} differs"
+
+
+def test_mirrors_equal_the_csv_after_a_kill_and_resume(tmp_path, tiny_maze_data):
+    cell = write_cell(tmp_path / "cell.yaml", n_train_steps=300, save_freq=100, loggers=["csv", "tensorboard", "dvclive"])
+    run_dir = tmp_path / "run"
+    env = python_env()
+    proc = subprocess.Popen(train_cmd(cell, run_dir, tiny_maze_data), env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, saved = time.time() + 120, None
+    while time.time() < deadline and proc.poll() is None:
+        ckpt = latest_checkpoint(run_dir / "checkpoints")
+        if ckpt is not None and (run_dir / "metrics.csv").exists():
+            saved = int(ckpt.stem.split("_")[1])
+            logged = pd.read_csv(run_dir / "metrics.csv")["step"]
+            if saved >= 100 and not logged.empty and logged.max() >= saved + 30:
+                break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = int(latest_checkpoint(run_dir / "checkpoints").stem.split("_")[1])
+    assert not (run_dir / "final.pt").exists(), "the run must be killed mid-training"
+    killed = tensorboard_series(run_dir / TENSORBOARD_DIRNAME)
+    assert max(step for step, _ in killed["loss"]) > saved, "the killed run must have logged past its checkpoint"
+
+    subprocess.run(train_cmd(cell, run_dir, tiny_maze_data), check=True, env=env, cwd=ROOT, capture_output=True)
+    truth = csv_series(run_dir)
+    assert [step for step, _ in truth["loss"]] == list(range(10, 301, 10)), "metrics.csv: each step once"
+    assert {"loss", "diffusion_loss", "vae_loss", "learning_rate"} <= set(truth)
+    assert_same_series(tensorboard_series(run_dir / TENSORBOARD_DIRNAME), truth, "TensorBoard")
+    assert_same_series(dvclive_series(run_dir / DVCLIVE_DIRNAME), truth, "DVCLive")
+    summary = json.loads((run_dir / DVCLIVE_DIRNAME / "metrics.json").read_text())
+    assert summary["step"] == 300 and summary["loss"] == pytest.approx(truth["loss"][-1][1])
+
+
+def test_a_fresh_run_replaces_the_mirrors_of_an_older_one(tmp_path, tiny_maze_data):
+    from diffuser import steps
+
+    run_dir = tmp_path / "run"
+    for n_steps in (40, 20):  # the second run starts over (continue_training false)
+        config = load_cell_config(write_cell(tmp_path / "cell.yaml", n_train_steps=n_steps, save_freq=100,
+                                             continue_training=False, loggers=["tensorboard"]))
+        steps.train(config, run_dir, tiny_maze_data)
+    truth = csv_series(run_dir)
+    assert [step for step, _ in truth["loss"]] == [10, 20]
+    assert_same_series(tensorboard_series(run_dir / TENSORBOARD_DIRNAME), truth, "TensorBoard")
+
+
+def wandb_history(run_file) -> list[dict]:
+    """The history rows ({metric: value, '_step': step}) of an offline wandb run file."""
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal import datastore
+
+    store = datastore.DataStore()
+    store.open_for_scan(str(run_file))
+    rows = []
+    while (data := store.scan_data()) is not None:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        if record.WhichOneof("record_type") == "history":
+            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+    return rows
+
+
+def test_wandb_logs_offline_the_csv_rows(tmp_path, tiny_maze_data, monkeypatch):
+    pytest.importorskip("wandb")
+    from diffuser import steps
+
+    for name in ("WANDB_MODE", "WANDB_PROJECT", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
+    run_dir = tmp_path / "run"
+    config = load_cell_config(write_cell(tmp_path / "cell.yaml", n_train_steps=40, save_freq=100, loggers=["csv", "wandb"]))
+    steps.train(config, run_dir, tiny_maze_data)
+    run_files = list((run_dir / WANDB_DIRNAME).glob("offline-run-*/run-*.wandb"))
+    assert len(run_files) == 1, "one offline run, nothing sent"
+    history = wandb_history(run_files[0])
+    truth = csv_series(run_dir)
+    logged = {}
+    for row in history:
+        for name, value in row.items():
+            if not name.startswith("_"):
+                logged.setdefault(name, []).append((row["_step"], value))
+    assert_same_series(logged, truth, "wandb")
+
+
+def test_a_missing_logger_package_stops_before_any_job(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    spec = {"meta_data": {"exp_name": "x"}, "constants": {"loggers": ["csv", "wandb"]}, "variables": {"seed": [1, 2]}}
+    with pytest.raises(ConfigError, match=r"loggers lists wandb, but the wandb package is not installed: pip install wandb"):
+        load_spec(spec)
+
+
+def test_an_unknown_logger_is_named(tmp_path):
+    spec = {"meta_data": {"exp_name": "x"}, "constants": {"loggers": ["csv", "tensorbord"]}}
+    with pytest.raises(ConfigError, match=r"constants\.loggers\[1\]: expected one of .*\"tensorboard\""):
+        load_spec(spec)
