@@ -122,15 +122,35 @@ def test_a_fresh_run_replaces_the_mirrors_of_an_older_one(tmp_path, tiny_maze_da
     assert_same_series(tensorboard_series(run_dir / TENSORBOARD_DIRNAME), truth, "TensorBoard")
 
 
+WANDB_BLOCK = 32768  # a .wandb file is a LevelDB-style log: 32 KiB blocks of (crc, length, type, data) chunks
+WANDB_HEADER = 7  # b":W&B", magic 0xBEE1, version
+
+
+def wandb_records(run_file) -> list[bytes]:
+    """The serialized records of an offline run file (wandb >= 0.20 ships no Python reader)."""
+    data = run_file.read_bytes()
+    assert data[:4] == b":W&B", "not a wandb run file"
+    records, pending, pos = [], b"", WANDB_HEADER
+    while pos + 7 <= len(data):
+        left = WANDB_BLOCK - pos % WANDB_BLOCK
+        if left < 7:  # a block's tail too short for a chunk header is padding
+            pos += left
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last chunk of one
+            records.append(pending)
+            pending = b""
+    return records
+
+
 def wandb_history(run_file) -> list[dict]:
     """The history rows ({metric: value, '_step': step}) of an offline wandb run file."""
     from wandb.proto import wandb_internal_pb2
-    from wandb.sdk.internal import datastore
 
-    store = datastore.DataStore()
-    store.open_for_scan(str(run_file))
     rows = []
-    while (data := store.scan_data()) is not None:
+    for data in wandb_records(run_file):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(data)
         if record.WhichOneof("record_type") == "history":
@@ -158,6 +178,19 @@ def test_wandb_logs_offline_the_csv_rows(tmp_path, tiny_maze_data, monkeypatch):
             if not name.startswith("_"):
                 logged.setdefault(name, []).append((row["_step"], value))
     assert_same_series(logged, truth, "wandb")
+
+
+def test_wandb_online_without_a_login_stops_with_one_line(tmp_path, tiny_maze_data, monkeypatch):
+    pytest.importorskip("wandb")
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    cell = write_cell(tmp_path / "cell.yaml", n_train_steps=20, loggers=["wandb"], wandb_project="my-project")
+    out = subprocess.run(train_cmd(cell, tmp_path / "run", tiny_maze_data), env=python_env(), cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: wandb_project is 'my-project' but no wandb API key is configured on this machine: run `wandb login` "
+        "once outside the job or set WANDB_API_KEY, or unset wandb_project to log offline.")
 
 
 def test_a_missing_logger_package_stops_before_any_job(tmp_path, monkeypatch):

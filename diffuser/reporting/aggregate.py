@@ -18,7 +18,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from diffuser.reporting.stats import CONFIDENCE, iqm_interval, mean_confidence_interval, probability_of_improvement
+from diffuser.reporting.stats import (
+    iqm_interval,
+    mean_confidence_interval,
+    probability_of_improvement,
+)
 
 CELLS_DIRNAME = "cells"
 CELL_FILES = ("config.yaml", "metrics.csv", "eval.json")

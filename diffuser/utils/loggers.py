@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import netrc
 import os
 import shutil
 from pathlib import Path
+from urllib.parse import urlparse
 
 from diffuser.utils.metrics import MetricsLogger
 
@@ -31,6 +33,7 @@ MIRRORS = ("tensorboard", "wandb", "dvclive")
 TENSORBOARD_DIRNAME = "tensorboard"
 WANDB_DIRNAME = "wandb"
 DVCLIVE_DIRNAME = "dvclive"
+WANDB_DEFAULT_URL = "https://api.wandb.ai"
 
 
 class LoggerUnavailable(Exception):
@@ -79,7 +82,7 @@ class WandbMirror:
             raise _missing_package("wandb", "wandb") from err
         project = config.get("wandb_project")
         mode = "online" if project else "offline"
-        if mode == "online" and not _wandb_api_key(wandb):
+        if mode == "online" and not _wandb_api_key():
             raise LoggerUnavailable(
                 f"wandb_project is {project!r} but no wandb API key is configured on this machine: run `wandb login` "
                 "once outside the job or set WANDB_API_KEY, or unset wandb_project to log offline."
@@ -107,13 +110,16 @@ class WandbMirror:
         self._run.finish()
 
 
-def _wandb_api_key(wandb) -> str | None:
+def _wandb_api_key() -> str | None:
+    """The key a `wandb login` (or WANDB_API_KEY) left on this machine, read without wandb or the network."""
     if os.environ.get("WANDB_API_KEY"):
         return os.environ["WANDB_API_KEY"]
+    host = urlparse(os.environ.get("WANDB_BASE_URL", WANDB_DEFAULT_URL)).hostname
     try:
-        return wandb.Api(timeout=1).api_key  # reads ~/.netrc; no network
-    except Exception:  # noqa: BLE001 - any failure means: no usable key
+        auth = netrc.netrc(os.environ.get("NETRC")).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
         return None
+    return auth[2] if auth else None
 
 
 class DVCLiveMirror:
