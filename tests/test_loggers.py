@@ -207,3 +207,40 @@ def test_an_unknown_logger_is_named(tmp_path):
     spec = {"meta_data": {"exp_name": "x"}, "constants": {"loggers": ["csv", "tensorbord"]}}
     with pytest.raises(ConfigError, match=r"constants\.loggers\[1\]: expected one of .*\"tensorboard\""):
         load_spec(spec)
+
+
+def test_dvclive_cells_are_listed_in_the_repositorys_dvc_yaml_for_dvc_to_show(tmp_path):
+    from diffuser.config import cell_defaults
+    from diffuser.utils.loggers import RunLoggers
+
+    repository = tmp_path / "repo"
+    repository.mkdir()
+    env = {**python_env(), "DVC_NO_ANALYTICS": "1"}
+
+    def run(*args):
+        return subprocess.run(args, cwd=repository, env=env, check=True, capture_output=True, text=True).stdout
+
+    run("git", "init", "-q")
+    run("git", "config", "user.email", "t@t")
+    run("git", "config", "user.name", "t")
+    run(PYTHON, "-m", "dvc", "init", "-q")
+    (repository / "dvc.yaml").write_text("# the pipeline\nstages:\n  train:\n    cmd: echo\n    outs:\n      - results/x/cells:\n"
+                                         "          persist: true\n")
+    (repository / ".gitignore").write_text("/results/\n")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "init")
+    config = {**cell_defaults(), "loggers": ["csv", "dvclive"]}
+    cells = [repository / "results" / "x" / "cells" / name / "seed~1" for name in ("a~1", "a~2")]
+    for offset, cell in enumerate(cells):
+        for _ in range(2):  # a second start (a resume) registers nothing twice
+            loggers = RunLoggers(cell, config, resume_step=None)
+            for step in (10, 20):
+                loggers.log(step, {"loss": offset + 1.0 / step, "eval_normalized_score": 50.0 + offset})
+            loggers.close()
+    text = (repository / "dvc.yaml").read_text()
+    assert text.startswith("# the pipeline") and text.count("a~1/seed~1/dvclive/metrics.json") == 1
+    plots = json.loads(run(PYTHON, "-m", "dvc", "plots", "show", "--json"))["data"]
+    assert "results/x/cells/a~1/seed~1/dvclive/plots/metrics/eval_normalized_score.tsv" in plots
+    workspace = json.loads(run(PYTHON, "-m", "dvc", "exp", "show", "--json"))[0]["data"]["metrics"]
+    assert workspace["results/x/cells/a~2/seed~1/dvclive/metrics.json"]["data"]["loss"] == pytest.approx(1.05)
+    assert workspace["results/x/cells/a~1/seed~1/dvclive/metrics.json"]["data"]["eval_normalized_score"] == 50.0

@@ -7,8 +7,8 @@ receives, under the same metric names and steps:
 - tensorboard: event files in `<cell>/tensorboard/`, one scalar tag per metric;
 - wandb: a run in `<cell>/wandb/`, offline unless `wandb_project` is set (then online, and the
   API key must already be configured: a job never asks for a login);
-- dvclive: `<cell>/dvclive/` (plots/metrics/<name>.tsv, metrics.json, dvc.yaml), which `dvc plots
-  show` and `dvc exp show` read.
+- dvclive: `<cell>/dvclive/` (plots/metrics/<name>.tsv, metrics.json), listed in the DVC
+  repository's dvc.yaml (`register_with_dvc`) so `dvc plots show` and `dvc exp show` read it.
 
 A run resumed from the checkpoint of step S repeats the steps after S, so each logger drops them:
 the CSV rewrites itself without them, TensorBoard writes a purge marker at S + 1 (readers discard
@@ -20,6 +20,7 @@ merged by `wandb sync`).
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import netrc
 import os
@@ -132,8 +133,10 @@ class DVCLiveMirror:
             shutil.rmtree(log_dir, ignore_errors=True)
         else:
             _cut_dvclive_tables(log_dir, resume_step)
-        # save_dvc_exp=False: a cell is one job of a sweep, not a DVC experiment of its own
-        self._live = Live(str(log_dir), resume=resume_step is not None, save_dvc_exp=False, report=None)
+        # save_dvc_exp=False: a cell is one job of a sweep, not a DVC experiment of its own;
+        # dvcyaml=None: the cell is registered below, under a lock, since the cells of a sweep run at once
+        self._live = Live(str(log_dir), resume=resume_step is not None, save_dvc_exp=False, report=None, dvcyaml=None)
+        register_with_dvc(log_dir)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         self._live.step = step
@@ -143,6 +146,35 @@ class DVCLiveMirror:
 
     def close(self) -> None:
         self._live.end()
+
+
+def register_with_dvc(live_dir: Path) -> Path | None:
+    """Lists a DVCLive folder's metrics.json and plots in the root dvc.yaml of the DVC repository
+    holding it (top-level `metrics` and `plots`), so `dvc exp show`, `dvc metrics show` and `dvc
+    plots show` read it, as DVCLive does for a single run. The root file, because DVC reads no
+    dvc.yaml inside a git-ignored folder (results/) or a stage's output (cells/). Returns the
+    dvc.yaml changed, or None outside a DVC repository.
+    """
+    live_dir = live_dir.resolve()
+    root = next((parent for parent in live_dir.parents if (parent / ".dvc").is_dir()), None)
+    if root is None or not (root / "dvc.yaml").exists():
+        return None
+    from dvc.utils.serialize import modify_yaml  # keeps the file's comments and layout
+
+    relative = live_dir.relative_to(root).as_posix()
+    metrics, plots = f"{relative}/metrics.json", f"{relative}/plots/metrics"
+    lock_path = root / ".dvc" / "tmp" / "dvclive-register.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with modify_yaml(root / "dvc.yaml") as data:
+            listed = data.setdefault("metrics", [])
+            if metrics not in listed:
+                listed.append(metrics)
+            listed = data.setdefault("plots", [])
+            if not any(plots == entry or (isinstance(entry, dict) and plots in entry) for entry in listed):
+                listed.append({plots: {"x": "step"}})
+    return root / "dvc.yaml"
 
 
 def _cut_dvclive_tables(log_dir: Path, resume_step: int) -> None:
