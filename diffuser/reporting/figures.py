@@ -333,8 +333,8 @@ def make_figures(
     """Writes every figure of the experiment to `out_dir` and returns their paths.
 
     Files: curve_<metric>.png per training term and the evaluation score; final_scores.{png,svg};
-    iqm_scores.{png,svg} (final and best periodic evaluation); performance_profile.{png,svg};
-    probability_of_improvement.{png,svg} when variants differ in one variable;
+    iqm_scores.png (final and best periodic evaluation); performance_profile.png;
+    probability_of_improvement.png when variants differ in one variable;
     final_score_by_<variable>.{png,svg} per swept variable other than the replicate; and
     offline_vs_online.{png,svg} when online_training is swept. `cells`: the cell paths to draw
     (see collect_cells; None: every cell under `exp_dir/cells`).
@@ -352,11 +352,11 @@ def make_figures(
 
     written += _save(plot_final_scores(cells, colors), out_dir, "final_scores", svg=True)
     plain_cells = cells.drop(columns="variant")
-    written += _save(plot_iqm(summarize(plain_cells, variables, replicate), colors), out_dir, "iqm_scores", svg=True)
-    written += _save(plot_performance_profile(cells, colors), out_dir, "performance_profile", svg=True)
+    written += _save(plot_iqm(summarize(plain_cells, variables, replicate), colors), out_dir, "iqm_scores", svg=False)
+    written += _save(plot_performance_profile(cells, colors), out_dir, "performance_profile", svg=False)
     pairs = improvement_pairs(plain_cells, variables, replicate)
     if not pairs.empty:
-        written += _save(plot_improvement(pairs), out_dir, "probability_of_improvement", svg=True)
+        written += _save(plot_improvement(pairs), out_dir, "probability_of_improvement", svg=False)
     for variable in group_by:
         others = [name for name in group_by if name != variable]
         fig = plot_score_by_variable(cells, variable, others)
