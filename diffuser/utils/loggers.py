@@ -75,6 +75,16 @@ def wandb_run_id(run_dir: Path) -> str:
     return hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16]
 
 
+def experiment_and_cell(run_dir: Path) -> tuple[str | None, str]:
+    """('maze2d-umaze-demo', 'online_training~True/seed~100') for results/<exp>/cells/<cell>; else
+    (None, the folder's name)."""
+    parts = run_dir.resolve().parts
+    if "cells" in parts[:-1]:
+        at = len(parts) - 1 - parts[::-1].index("cells")
+        return parts[at - 1], "/".join(parts[at + 1:])
+    return None, run_dir.name
+
+
 class WandbMirror:
     def __init__(self, run_dir: Path, config: dict, resume_step: int | None):
         try:
@@ -92,11 +102,13 @@ class WandbMirror:
         if resume_step is None and mode == "offline":
             shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True, exist_ok=True)
+        experiment, cell = experiment_and_cell(run_dir)
         self._run = wandb.init(
             project=project or "diffuser",
             dir=str(run_dir),
             id=wandb_run_id(run_dir),
-            name=str(run_dir.name),
+            name=cell,
+            group=experiment,
             config=config,
             mode=mode,
             resume="allow",
