@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export DVC_NO_ANALYTICS := 1
 export MPLBACKEND := Agg
 
-.PHONY: demo test venv lint bench clean-results
+.PHONY: demo test venv lint bench report
 
 venv: $(STAMP)
 
@@ -21,6 +21,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m diffuser demo
+
+# summary, figures and report again from finished cells: make report [SPEC=exp_specs/NAME.yaml]
+SPEC ?= config/config.yaml
+report: $(STAMP)
+	$(BIN)/python -m diffuser report --spec $(SPEC)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

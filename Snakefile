@@ -1,7 +1,7 @@
 # The sweep of an experiment spec: prepare datasets -> pre-train VAEs -> train and evaluate every
 # cell -> summary table and figures. Runs config/config.yaml unless told otherwise:
 #   snakemake --cores 2 --workflow-profile workflow/profiles/default
-#   snakemake --cores 8 --resources gpu=4 --workflow-profile workflow/profiles/default --config spec=config/vae_diffusion_rl_example.yaml
+#   snakemake --cores 8 --resources gpu=4 --workflow-profile workflow/profiles/default --config spec=exp_specs/vae_diffusion_rl_hopper_d4rl.yaml
 # Overrides and the other options are described in workflow/rules/common.smk.
 from snakemake.utils import min_version
 

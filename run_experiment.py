@@ -2,12 +2,13 @@
 
 The sweep runs through the project's Snakemake workflow (the same jobs as `snakemake --config
 spec=SPEC`): finished cells are not redone, an interrupted one resumes from its checkpoint, and
-at most `meta_data.num_workers` jobs run at once.
+at most `meta_data.num_workers` jobs run at once. Interrupted or killed, the same command continues.
 
-  python run_experiment.py -e config/vae_diffusion_rl_example.yaml -g 0      # GPU 0
+  python run_experiment.py -e exp_specs/vae_diffusion_rl_example.yaml -g 0   # GPU 0
   python run_experiment.py -e config/config.yaml -g 0,1                      # GPUs 0 and 1, one per job
   python run_experiment.py -e config/config.yaml -g -1                       # CPU only
   python run_experiment.py -e config/config.yaml -n                          # show the jobs, run nothing
+  python run_experiment.py -e SPEC -- --config n_train_steps=300             # override spec keys
   python run_experiment.py -e SPEC -g 0 -- --forceall                        # more snakemake options
 """
 
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-PROFILE = "workflow/profiles/default"
+sys.path.insert(0, str(ROOT))
+
+from diffuser.launch import run_snakemake, snakemake_command, split_config_overrides  # noqa: E402
 
 
 def gpu_ids(gpu: str | None) -> list[str] | None:
@@ -35,25 +37,6 @@ def gpu_ids(gpu: str | None) -> list[str] | None:
     return ids
 
 
-def snakemake_command(spec_path: Path, num_workers: int, gpus: list[str] | None, cores: int,
-                      dry_run: bool, extra: list[str]) -> list[str]:
-    command = [
-        sys.executable, "-m", "snakemake",
-        "--snakefile", str(ROOT / "Snakefile"),
-        "--directory", str(ROOT),
-        "--workflow-profile", str(ROOT / PROFILE),
-        "--cores", str(cores),
-        "--jobs", str(num_workers),
-        "--rerun-incomplete",
-        "--config", f"spec={spec_path}",
-    ]
-    if gpus:
-        command += ["--resources", f"gpu={len(gpus)}"]
-    if dry_run:
-        command.append("--dry-run")
-    return command + extra
-
-
 def job_environment(gpus: list[str] | None) -> dict:
     env = dict(os.environ)
     if gpus is not None:
@@ -61,6 +44,19 @@ def job_environment(gpus: list[str] | None) -> dict:
     # the jobs import this checkout's package whether or not it is pip-installed
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
+
+
+def _overrides(items: list[str]) -> dict:
+    """`--config` items (KEY=VALUE, values as YAML, as Snakemake reads them) as a mapping."""
+    import yaml
+
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --config {item!r}: expected KEY=VALUE, e.g. --config n_train_steps=300.")
+        pairs[key] = yaml.safe_load(value) if value else value
+    return pairs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,28 +70,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", "--dry-run", action="store_true", help="list the jobs that would run, run nothing")
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, str(ROOT))
     from diffuser.config import ConfigError, load_spec
+    from diffuser.errors import GpuRequestError
+    from diffuser.utils.gpu_pool import check_gpu_request
 
+    config_items, extra = split_config_overrides(extra)
     spec_path = Path(args.experiment).resolve()
-    moved = ROOT / "config" / spec_path.name
-    if not spec_path.exists() and moved.exists():
-        # the seed kept its specs in exp_specs/; this project keeps them in config/
-        print(f"error: {args.experiment}: no such file; this project keeps its specs in config/: "
-              f"run with -e {moved.relative_to(ROOT)}", file=sys.stderr)
-        return 2
     try:
-        spec = load_spec(spec_path)
-    except ConfigError as err:
+        spec = load_spec(spec_path, _overrides(config_items))
+        gpus = gpu_ids(args.gpu)
+        check_gpu_request(gpus or [])
+    except (ConfigError, GpuRequestError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    gpus = gpu_ids(args.gpu)
-    command = snakemake_command(spec_path, spec.meta_data["num_workers"], gpus, args.cores, args.dry_run, extra)
+    command = snakemake_command(cores=args.cores, jobs=spec.meta_data["num_workers"], gpus=len(gpus or []),
+                                spec=spec_path, config=config_items, dry_run=args.dry_run, extra=extra)
     device = "CPU" if gpus == [] else f"GPU {','.join(gpus)}" if gpus else "every GPU found (else CPU)"
     print(f"experiment {spec.exp_name}: {len(spec.cells())} cells on {device}, "
           f"{spec.meta_data['num_workers']} job(s) at a time", flush=True)
-    print("running:", " ".join(command), flush=True)
-    code = subprocess.run(command, cwd=ROOT, env=job_environment(gpus)).returncode
+    code = run_snakemake(command, cwd=ROOT, env=job_environment(gpus))
     results = ROOT / "results" / spec.exp_name
     print(f"results: {results}/ (cells/<cell>/: config.yaml, metrics.csv, eval.json, checkpoints/; "
           f"summary.csv, figures/); logs: {ROOT / 'logs' / spec.exp_name}/")

@@ -7,7 +7,6 @@ so `run_all.py` can run it and tests/test_benchmarks.py can check it at a tiny s
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -20,7 +19,7 @@ if str(ROOT) not in sys.path:  # run as `python benchmarks/X.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
 from diffuser.config import validate_cell_config  # noqa: E402
-from diffuser.datasets.prepare import prepare_dataset, processed_path  # noqa: E402
+from diffuser.datasets.prepare import prepare_dataset  # noqa: E402
 
 DEFAULT_DATASET = "gen-maze2d-umaze"
 DEFAULT_DATASET_STEPS = 100_000  # the cell default `dataset_steps`
@@ -55,16 +54,17 @@ def parse_overrides(pairs: list[str]) -> dict:
 def cell_config(args, **fixed) -> dict:
     """The default cell config (schema defaults) on CPU with `args.threads`, then `fixed`, then --set."""
     values = {"dataset": args.dataset, "device": "cpu", "num_threads": args.threads, **fixed}
+    if getattr(args, "dataset_steps", None):
+        values["dataset_steps"] = args.dataset_steps
     values.update(parse_overrides(args.overrides))
     return validate_cell_config(values, "benchmark config")
 
 
 def ensure_dataset(args, stack) -> Path:
-    """The data directory holding processed/<dataset>/; sets `args.dataset_steps` to its size.
+    """The data directory holding the dataset of `args.dataset_steps` steps (generated when missing).
 
-    A processed dataset already in the directory is used as it is unless --dataset-steps asks for
-    another size; a missing one is generated. With --quick (and no --data-dir) a small dataset goes
-    into a temporary directory, so a quick run never replaces the full-size one in data/.
+    With --quick (and no --data-dir) a small dataset goes into a temporary directory, so a quick
+    run never replaces the full-size one in data/. Sets `args.dataset_steps` to the size used.
     """
     steps = args.dataset_steps or (QUICK_DATASET_STEPS if args.quick else DEFAULT_DATASET_STEPS)
     if args.data_dir is not None:
@@ -73,10 +73,8 @@ def ensure_dataset(args, stack) -> Path:
         data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-data-")))
     else:
         data_dir = ROOT / "data"
-    metadata_path = processed_path(args.dataset, data_dir) / "metadata.json"
-    if args.dataset_steps is not None or not metadata_path.is_file():
-        prepare_dataset(args.dataset, data_dir, steps=steps)
-    args.dataset_steps = json.loads(metadata_path.read_text())["n_steps"]
+    prepare_dataset(args.dataset, data_dir, steps=steps)
+    args.dataset_steps = steps
     return data_dir
 
 

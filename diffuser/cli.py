@@ -86,6 +86,13 @@ def cmd_demo(args) -> int:
     return run_demo(cores=args.cores)
 
 
+def cmd_report(args) -> int:
+    """Summary, figures and HTML report of an experiment again, from its finished cells."""
+    from diffuser.demo import regenerate_report
+
+    return regenerate_report(args.spec)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m diffuser", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", required=True)
     p.set_defaults(func=cmd_aggregate)
 
+    p = sub.add_parser("report", help="summary, figures and report of an experiment again, from its finished cells")
+    p.add_argument("--spec", default="config/config.yaml", help="the experiment's spec (default: config/config.yaml)")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("demo", help="run the default pipeline (config/config.yaml) with Snakemake, then its report")
     p.add_argument("--cores", type=int, default=None, help="CPU cores for all jobs together (default: all)")
     p.set_defaults(func=cmd_demo)
@@ -139,4 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:
+        reason = interrupt.args[0] if interrupt.args else "SIGINT"
+        print(f"interrupted ({reason}); run the same command again to continue from the last checkpoint",
+              file=sys.stderr)
+        return 130
     return code or 0

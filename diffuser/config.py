@@ -22,8 +22,9 @@ key, what was expected and what was given. The rules, in the order they apply:
   `online_training~True/seed~100`; with no variables the one cell is named `default`.
 - Impossible combinations stop the run too, naming the cells: n_sampling_steps > n_diffusion_steps;
   a trainer that contradicts online_training; online training of models.BC; online training whose
-  rl_warmup_steps >= n_train_steps (it would never interact); cells that name one dataset but
-  generate it differently (they share data/processed/<dataset>/).
+  rl_warmup_steps >= n_train_steps (it would never interact); a dataset name that names no known
+  dataset or would leave data/ (diffuser.datasets.prepare.dataset_name_problem). Cells that generate
+  one dataset with different settings get different datasets (its directory names the settings).
 
 Overrides (`load_spec(..., overrides=...)`, which is what `snakemake --config` entries become):
 - `KEY=VALUE` for a cell key sets that constant and removes KEY from the sweep (it is pinned);
@@ -78,7 +79,6 @@ VAE_KEYS = (
     "normalizer",
     "seed",
 )
-DATASET_GENERATION_KEYS = ("dataset_steps", "dataset_action_noise", "dataset_seed")
 # The package each optional logger of `loggers` needs (diffuser/utils/loggers.py).
 LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "dvclive": "dvclive"}
 
@@ -383,7 +383,11 @@ def cell_name(values: Mapping) -> str:
 
 def _cell_problems(config: dict) -> list[str]:
     """Combinations of values that cannot run (each key alone is valid)."""
+    from diffuser.datasets.prepare import dataset_name_problem
+
     problems = []
+    if dataset_problem := dataset_name_problem(config["dataset"]):
+        problems.append(dataset_problem)
     if config["n_sampling_steps"] > config["n_diffusion_steps"]:
         problems.append(
             f"n_sampling_steps ({config['n_sampling_steps']}) is larger than n_diffusion_steps "
@@ -410,22 +414,6 @@ def _cell_problems(config: dict) -> list[str]:
     return problems
 
 
-def _dataset_conflicts(cells: list[Cell]) -> list[str]:
-    """Cells naming one dataset share data/processed/<dataset>/, so they must agree on how it is made."""
-    seen: dict[str, tuple] = {}
-    problems = []
-    for cell in cells:
-        dataset = cell.config["dataset"]
-        generation = tuple(cell.config[k] for k in DATASET_GENERATION_KEYS)
-        if seen.setdefault(dataset, generation) != generation:
-            problems.append(
-                f"dataset {dataset}: cells use different {'/'.join(DATASET_GENERATION_KEYS)} "
-                f"({seen[dataset]} and {generation}) but share data/processed/{dataset}/; keep them constant."
-            )
-            break
-    return problems
-
-
 def _expand(constants: dict, variables: dict) -> tuple[list[Cell], list[str]]:
     keys = sorted(variables)
     base = cell_defaults()
@@ -448,7 +436,7 @@ def _expand(constants: dict, variables: dict) -> tuple[list[Cell], list[str]]:
     for problem, affected in cells_with_problem.items():
         where = "every cell" if len(affected) == len(cells) > 1 else ("cell " if len(affected) == 1 else "cells ") + ", ".join(affected)
         problems.append(f"{where}: {problem}")
-    return cells, problems + _dataset_conflicts(cells)
+    return cells, problems
 
 
 # --------------------------------------------------------------------------- public API

@@ -19,9 +19,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from diffuser.launch import ROOT, run_snakemake, snakemake_command
+
 DEFAULT_SPEC = "config/config.yaml"
-PROFILE = "workflow/profiles/default"
 REPORT_NAME = "report.html"
 
 
@@ -42,13 +42,10 @@ def _gpu_count() -> int:
         return 0
 
 
-def snakemake_commands(exp_dir: Path, cores: int, gpus: int) -> tuple[list[str], list[str]]:
-    """(the run, the report) commands, both run in the checkout."""
-    base = [sys.executable, "-m", "snakemake", "--workflow-profile", PROFILE]
-    run = [*base, "--cores", str(cores)]
-    if gpus:
-        run += ["--resources", f"gpu={gpus}"]
-    report = [*base, "--report", str(exp_dir.relative_to(ROOT) / REPORT_NAME)]
+def snakemake_commands(exp_dir: Path, cores: int, gpus: int, root: Path = ROOT) -> tuple[list[str], list[str]]:
+    """(the run, the report) commands, both run in the checkout `root`."""
+    run = snakemake_command(cores=cores, gpus=gpus, root=root)
+    report = snakemake_command(cores=1, extra=["--report", str(exp_dir.relative_to(root) / REPORT_NAME)], root=root)
     return run, report
 
 
@@ -86,23 +83,22 @@ def run_demo(cores: int | None = None, root: Path = ROOT) -> int:
     exp_dir = root / "results" / spec.exp_name
     cores = cores or os.cpu_count() or 1
     gpus = _gpu_count()
-    run, report = snakemake_commands(exp_dir, cores, gpus)
+    run, report = snakemake_commands(exp_dir, cores, gpus, root)
     env = dict(os.environ)
     env.setdefault("MPLBACKEND", "Agg")
-    device = f"{gpus} GPU(s)" if gpus else "CPU"
-    print(f"demo: experiment {spec.exp_name} ({len(spec.cells())} cells, {DEFAULT_SPEC}) on {device}, {cores} cores",
-          flush=True)
-    print("running:", " ".join(run), flush=True)
-    code = subprocess.run(run, cwd=root, env=env).returncode
+    device = f"{gpus} GPU(s), one per job" if gpus else "CPU"
+    print(f"demo: experiment {spec.exp_name} ({len(spec.cells())} cells, {DEFAULT_SPEC}) on {device}, {cores} cores: "
+          f"snakemake --cores {cores}{f' --resources gpu={gpus}' if gpus else ''}", flush=True)
+    code = run_snakemake(run, cwd=root, env=env)
     if code != 0:
         print(f"\ndemo: snakemake stopped with exit status {code}; the logs of the failed jobs are under "
               f"{_shown(root / 'logs' / spec.exp_name)}/. Run `make demo` again to continue where it stopped.",
               file=sys.stderr)
         return code
-    print("running:", " ".join(report), flush=True)
-    code = subprocess.run(report, cwd=root, env=env).returncode
+    code = subprocess.run(report, cwd=root, env=env, capture_output=True, text=True).returncode
     if code != 0:
-        print(f"\ndemo: the pipeline finished but `snakemake --report` failed (exit status {code}).", file=sys.stderr)
+        print(f"\ndemo: the pipeline finished but `snakemake --report` failed (exit status {code}); "
+              f"run it by hand to see why: snakemake --report {exp_dir.relative_to(root) / REPORT_NAME}", file=sys.stderr)
         return code
 
     from diffuser.reporting.page import PAGE_NAME  # written by the aggregate step
@@ -110,14 +106,46 @@ def run_demo(cores: int | None = None, root: Path = ROOT) -> int:
     summary, figures = exp_dir / "summary.csv", exp_dir / "figures"
     count = len([p for p in figures.iterdir() if p.suffix in (".png", ".svg")]) if figures.is_dir() else 0
     print(f"\ndemo finished: experiment {spec.exp_name}")
-    print(f"  summary: {_shown(summary)}   (one row per variant: mean and 95% CI over seeds)")
+    print(f"  summary: {_shown(summary)}   (one row per variant: mean, IQM and 95% CIs over seeds)")
     print(f"  figures: {_shown(figures)}/   ({count} files: learning curves, final scores, offline vs online)")
     print(f"  page:    {_shown(exp_dir / PAGE_NAME)}   (one self-contained page: scores, figures, environment, spec)")
     print(f"  report:  {_shown(exp_dir / REPORT_NAME)}   (Snakemake's report: open it in a browser)")
     print(f"  cells:   {_shown(exp_dir / 'cells')}/<cell>/   (config.yaml, metrics.csv, run.json, eval.json)")
     print(f"  logs:    {_shown(root / 'logs' / spec.exp_name)}/")
+    print("  again:   make report   (summary, figures and report from the finished cells)")
     print("\nFinal normalized score, mean over seeds (0 = a random policy, 100 = the reference expert):")
     print(score_table(summary))
+    return 0
+
+
+def regenerate_report(spec_path: str | os.PathLike = DEFAULT_SPEC, root: Path = ROOT) -> int:
+    """Summary, figures and report of an experiment again, from its finished cells (`make report`)."""
+    from diffuser.config import ConfigError, load_spec
+    from diffuser.reporting import aggregate_experiment
+    from diffuser.reporting.page import PAGE_NAME
+
+    try:
+        spec = load_spec(root / spec_path)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    exp_dir = root / "results" / spec.exp_name
+    cells = [cell.name for cell in spec.cells()]
+    missing = [name for name in cells if not (exp_dir / "cells" / name / "eval.json").is_file()]
+    if missing:
+        print(f"error: {len(missing)} of the {len(cells)} cells of {spec.exp_name} have no evaluation yet "
+              f"(first: {missing[0]}); run the experiment first (make demo, or run_experiment.py -e {spec_path}).",
+              file=sys.stderr)
+        return 2
+    aggregate_experiment(exp_dir, spec.swept_variables, cells=cells)
+    report = snakemake_command(cores=1, spec=root / spec_path,
+                               extra=["--report", str(exp_dir.relative_to(root) / REPORT_NAME)], root=root)
+    code = subprocess.run(report, cwd=root, capture_output=True, text=True).returncode
+    if code != 0:
+        print(f"error: `snakemake --report` failed (exit status {code})", file=sys.stderr)
+        return code
+    print(f"summary: {_shown(exp_dir / 'summary.csv')}\nfigures: {_shown(exp_dir / 'figures')}/\n"
+          f"page:    {_shown(exp_dir / PAGE_NAME)}\nreport:  {_shown(exp_dir / REPORT_NAME)}")
     return 0
 
 

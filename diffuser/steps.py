@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import signal
 import time
 from pathlib import Path
 
@@ -18,7 +20,9 @@ from diffuser.utils.trainer import make_optimizer
 
 
 def processed_dir(config: dict, data_dir: str | os.PathLike = "data") -> Path:
-    return Path(data_dir) / "processed" / config["dataset"]
+    from diffuser.datasets.prepare import dataset_key_of, processed_path
+
+    return processed_path(dataset_key_of(config), data_dir)
 
 
 def prepare(config: dict, data_dir: str | os.PathLike = "data") -> Path:
@@ -114,6 +118,9 @@ def train(
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # separates the attempts in the cell's train.log, which keeps every one of them
+    print(f"==== attempt started {time.strftime('%Y-%m-%d %H:%M:%S')} on {platform.node()} (pid {os.getpid()}) ====",
+          flush=True)
     set_threads(config)
     claim = _claim_device(config)
     device = torch.device(claim.device)
@@ -127,11 +134,68 @@ def train(
     if config["eval_freq"] <= config["n_train_steps"] or config["online_training"]:
         evaluator = resolve(config["evaluator"])(dataset.metadata, config["num_eval"], seed=config["seed"])
     trainer = trainer_cls(config, dataset, model, run_dir, evaluator=evaluator, device=device)
+    previous = run_status(run_dir)
+    if previous["status"] in ("killed", "interrupted", "failed"):
+        print(f"the previous attempt of this run ended {previous['status']} ({previous.get('detail', 'no detail')})")
     started = time.time()
     _write_run_info(run_dir, config, claim, status="running", started=started)
-    final = trainer.train()
-    _write_run_info(run_dir, config, claim, status="finished", started=started, steps=trainer.step)
+    try:
+        with _signals_interrupt():
+            final = trainer.train()
+    except KeyboardInterrupt as interrupt:
+        detail = f"{interrupt.args[0] if interrupt.args else 'SIGINT'} at step {trainer.step}"
+        _write_run_info(run_dir, config, claim, status="interrupted", started=started, step=trainer.step, detail=detail)
+        raise
+    except BaseException as error:
+        detail = f"{type(error).__name__} at step {trainer.step}: {error}"
+        _write_run_info(run_dir, config, claim, status="failed", started=started, step=trainer.step, detail=detail)
+        raise
+    _write_run_info(run_dir, config, claim, status="finished", started=started, steps=trainer.step,
+                    step=trainer.step, resumed_from=trainer.resumed_from)
     return final
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGTERM and SIGHUP (a scheduler's stop, a closed terminal) end training like Ctrl-C does, so
+    run.json says `interrupted` and the last checkpoint stays the newest file."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def run_status(run_dir: str | os.PathLike) -> dict:
+    """run.json of a run, with a "running" status whose process is gone on this host told as "killed".
+
+    ("none" when the run never started.) A run killed outright (SIGKILL, OOM killer) cannot write
+    its own end; its pid and host tell whether it still runs.
+    """
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        return {"status": "none"}
+    info = json.loads(path.read_text())
+    if info.get("status") == "running" and info.get("host") == platform.node() and not _alive(info.get("pid")):
+        info = {**info, "status": "killed", "detail": f"process {info.get('pid')} ended without writing its end"}
+    return info
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write_run_info(run_dir: Path, config: dict, claim, **fields) -> None:
@@ -140,6 +204,7 @@ def _write_run_info(run_dir: Path, config: dict, claim, **fields) -> None:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "host": platform.node(),
+        "pid": os.getpid(),
         "dataset": config["dataset"],
         "seed": config["seed"],
         **fields,

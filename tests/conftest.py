@@ -13,7 +13,10 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session")
 def tiny_maze_data(tmp_path_factory) -> Path:
-    """A small generated UMaze dataset (data dir with processed/gen-maze2d-umaze), built once per session."""
+    """A data dir with a small generated UMaze dataset (3000 steps, noise 0.5, seed 0), built once per session.
+
+    Configs that use it set `dataset_steps: 3000` (test_training.TINY does), which names its directory.
+    """
     from diffuser.datasets.prepare import prepare_dataset
 
     data_dir = tmp_path_factory.mktemp("data")

@@ -11,7 +11,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 # A tiny model for every benchmark: the scripts' logic, not the default size, is under test.
 TINY = ["--set", "hidden_dim=32", "vae_latent_dim=4", "trajectory_latent_dim=8", "batch_size=16",
-        "n_diffusion_steps=8", "n_sampling_steps=2", "--set", "n_action_samples=2"]
+        "n_diffusion_steps=8", "n_sampling_steps=2", "--set", "n_action_samples=2", "--dataset-steps", "3000"]
 
 
 def bench(name: str):

@@ -188,9 +188,29 @@ def test_the_seed_switch_use_value_function_sweeps_with_default_advantage_weight
     assert all(c.config["advantage_weight_beta"] > 0 for c in cells)
 
 
-def test_cells_sharing_a_dataset_must_agree_on_how_it_is_generated():
-    message = error_of(spec(variables={"dataset_seed": [0, 1]}))
-    assert "dataset gen-maze2d-umaze" in message and "data/processed/gen-maze2d-umaze" in message
+def test_cells_generating_a_dataset_differently_get_different_dataset_directories():
+    from diffuser.steps import processed_dir
+
+    cells = load_spec(spec(variables={"dataset_seed": [0, 1], "dataset_action_noise": [0.5, 1.5]})).cells()
+    directories = {processed_dir(cell.config) for cell in cells}
+    assert len(directories) == 4
+    assert Path("data/processed/gen-maze2d-umaze-100000steps-noise1.5-seed1") in directories
+
+
+def test_a_dataset_name_typo_is_refused_before_any_job_with_the_valid_names():
+    message = error_of(spec(constants={"dataset": "gen-maze2d-umaz"}))
+    assert "gen-maze2d-umaz'" in message and "gen-maze2d-{umaze,medium,large}" in message
+
+
+@pytest.mark.parametrize("name", ["../../../tmp/evil", "/tmp/evil", "minari:../../x", "gen-maze2d-umaze/.."])
+def test_a_dataset_name_that_would_leave_data_is_refused(name):
+    message = error_of(spec(constants={"dataset": name}))
+    assert "not a dataset name" in message
+
+
+def test_minari_names_with_slashes_are_accepted():
+    cell = load_spec(spec(constants={"dataset": "minari:D4RL/pointmaze/umaze-v2"})).cells()[0]
+    assert cell.config["dataset"] == "minari:D4RL/pointmaze/umaze-v2"
 
 
 def test_all_problems_are_reported_together():
@@ -252,8 +272,32 @@ def test_only_models_with_a_vae_are_pretrained():
     assert not needs_vae_pretraining({**base, "vae_pretrain_steps": 0})
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "vae_diffusion_rl_example.yaml"])
-def test_shipped_specs_are_valid(name):
-    loaded = load_spec(ROOT / "config" / name)
+@pytest.mark.parametrize("path", ["config/config.yaml", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "exp_specs").glob("*.yaml"))])
+def test_shipped_specs_are_valid(path):
+    loaded = load_spec(ROOT / path)
     assert len(loaded.cells()) >= 2
     assert {c.config["online_training"] for c in loaded.cells()} == {False, True}
+
+
+# The seed's guide (shared/seed/): its example spec's keys and values, literally.
+GUIDE_CONSTANTS = {
+    "diffusion": "models.DiffusionRL", "loader": "datasets.VAESequenceDataset", "vae_latent_dim": 64,
+    "trajectory_latent_dim": 128, "vae_weight": 1.0, "online_training": False, "rl_learning_rate": 0.0003,
+    "use_value_function": True, "policy_gradient_weight": 1.0, "value_function_weight": 0.5,
+    "entropy_weight": 0.01, "evaluator": "utils.MADEvaluator", "num_eval": 10, "continue_training": True,
+}
+
+
+def test_the_guides_example_spec_has_its_keys_and_values_on_a_dataset_made_here():
+    from diffuser.datasets.prepare import resolve_source
+
+    loaded = load_spec(ROOT / "exp_specs" / "vae_diffusion_rl_example.yaml")
+    assert {k: loaded.constants[k] for k in GUIDE_CONSTANTS} == GUIDE_CONSTANTS
+    assert loaded.variables == {"online_training": [False, True]}
+    assert loaded.meta_data["script_path"] == "train.py"
+    # named after its file, so a copy (as the guide says to make one) is a new experiment
+    assert loaded.exp_name == "vae_diffusion_rl_example"
+    config = loaded.cells()[0].config
+    source = resolve_source(config["dataset"], "data", config["dataset_steps"], config["dataset_action_noise"],
+                            config["dataset_seed"])
+    assert source.kind == "generated"

@@ -1,7 +1,8 @@
 """DVC over the Snakemake workflow: `dvc repro` runs the phases once, `dvc push`/`dvc pull` share results.
 
-Runs in a temporary git repository holding a copy of the checkout with the stand-in CLI of
-test_workflow.py (DVC needs a git repository with a commit). The steps are those of docs/dvc.md.
+Runs in a temporary git repository holding a copy of the checkout (with its .dvc/, as a fresh clone
+has it) and the stand-in CLI of test_workflow.py. DVC is called as a newcomer does after `make demo`:
+`.venv/bin/dvc`, the environment not activated. The steps are those of docs/dvc.md.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,19 +34,27 @@ GIT_IDENTITY = {
 }
 
 
-def command(directory: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = checkout_env(directory, DVC_NO_ANALYTICS="1", **GIT_IDENTITY)
+VENV = Path(sys.executable).parent.parent  # the environment running the tests, as the checkout's .venv
+NOT_ACTIVATED_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def command(directory: Path, *args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    """`args` in `directory` with the environment not activated (PATH without it); dvc is .venv/bin/dvc."""
+    env = checkout_env(directory, DVC_NO_ANALYTICS="1", PATH=NOT_ACTIVATED_PATH, **GIT_IDENTITY)
+    if args[0] == "dvc":
+        args = (str(directory / ".venv" / "bin" / "dvc"), *args[1:])
     run = subprocess.run(args, cwd=directory, env=env, capture_output=True, text=True, timeout=timeout)
-    assert run.returncode == 0, f"{' '.join(args)}:\n{run.stdout}\n{run.stderr}"
+    if check:
+        assert run.returncode == 0, f"{' '.join(args)}:\n{run.stdout}\n{run.stderr}"
     return run
 
 
 def make_repository(directory: Path, spec: dict, stand_in: bool = True) -> Path:
-    """A git repository with DVC and a local remote, holding the workflow and `spec` as config/config.yaml."""
+    """A git repository as a fresh clone has it (.dvc/ included), a local remote, `spec` as config/config.yaml."""
     checkout = make_checkout(directory / "project", spec, stand_in=stand_in)
     shutil.copy2(ROOT / ".gitignore", checkout / ".gitignore")
+    (checkout / ".venv").symlink_to(VENV)
     command(checkout, "git", "init", "-q")
-    command(checkout, "dvc", "init", "-q")
     command(checkout, "dvc", "remote", "add", "-d", "shared", str(directory / "remote"))
     command(checkout, "git", "add", "-A")
     command(checkout, "git", "commit", "-qm", "project")
@@ -57,6 +67,26 @@ def files_under(directory: Path) -> dict[str, bytes]:
         for path in sorted(directory.rglob("*"))
         if path.is_file() and path.name != ".snakemake_timestamp"
     }
+
+
+def test_a_fresh_clone_is_a_dvc_repository_that_plans_every_phase(tmp_path):
+    assert (ROOT / ".dvc" / "config").is_file()
+    assert "analytics = false" in (ROOT / ".dvc" / "config").read_text()
+    repository = make_repository(tmp_path, ONE_CELL_SPEC)
+    dry = command(repository, "dvc", "repro", "--dry")
+    assert all(f"Running stage '{stage}'" in dry.stdout for stage in STAGES), dry.stdout
+    assert "changed" in command(repository, "dvc", "status").stdout
+    assert not (repository / "results").exists()
+
+
+def test_the_stages_say_how_to_install_when_no_snakemake_is_found(tmp_path):
+    repository = make_repository(tmp_path, ONE_CELL_SPEC)
+    (repository / ".venv").unlink()
+    env = {"PATH": NOT_ACTIVATED_PATH, "HOME": str(tmp_path)}
+    run = subprocess.run(["scripts/snakemake", "-n"], cwd=repository, env=env, capture_output=True, text=True)
+    if run.returncode == 0:
+        pytest.skip("the system python3 has snakemake installed")
+    assert run.returncode == 2 and "make venv" in run.stderr
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +105,7 @@ def test_repro_runs_every_phase_and_leaves_nothing_for_snakemake(reproduced):
                  "cells/default/eval.json", "cells/default/final.pt", "cells/default/metrics.csv"):
         assert (results / path).exists(), path
     assert any((results / "vae").glob("*/vae.pt"))
-    assert (reproduced / "data" / "processed" / "gen-maze2d-umaze" / "episodes.npz").exists()
+    assert (reproduced / "data" / "processed" / "gen-maze2d-umaze-100000steps-noise0.5-seed0" / "episodes.npz").exists()
     assert planned_jobs(reproduced) == {}  # dvc repro and snakemake agree on what is done
 
 
@@ -85,6 +115,17 @@ def test_second_repro_does_nothing(reproduced):
     for stage in STAGES:
         assert f"Stage '{stage}' didn't change, skipping" in run.stdout
     assert files_under(reproduced / "results") == before
+
+
+def test_a_variant_runs_as_a_dvc_experiment(reproduced, tmp_path):
+    clone = tmp_path / "exp"
+    shutil.copytree(reproduced, clone, symlinks=True)
+    run = command(clone, "dvc", "exp", "run", "-S", "config/config.yaml:constants.n_train_steps=40", "-n", "longer",
+                  timeout=600)
+    assert "longer" in run.stdout + run.stderr
+    shown = command(clone, "dvc", "exp", "show", "--csv").stdout
+    assert "longer" in shown and "40" in shown
+    assert '"step": 40' in (clone / "results" / "tiny" / "cells" / "default" / "eval.json").read_text()
 
 
 def test_metrics_and_plots_are_registered(reproduced):

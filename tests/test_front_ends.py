@@ -57,17 +57,37 @@ def checkpoint_step(run_dir: Path) -> int:
 
 
 @pytest.mark.parametrize(
-    ("gpu", "ids", "resources", "visible"),
-    [("-1", [], None, "none"), ("0", ["0"], "gpu=1", "0"), ("0,2", ["0", "2"], "gpu=2", "0,2"), (None, None, None, None)],
+    ("gpu", "ids", "visible"),
+    [("-1", [], "none"), ("0", ["0"], "0"), ("0,2", ["0", "2"], "0,2"), (None, None, None)],
 )
-def test_gpu_option_sets_the_pool_and_the_gpu_resource(gpu, ids, resources, visible):
+def test_gpu_option_sets_the_pool(gpu, ids, visible):
     assert run_experiment.gpu_ids(gpu) == ids
-    command = run_experiment.snakemake_command(Path("/x/spec.yaml"), 3, ids, 8, dry_run=False, extra=[])
-    assert command[command.index("--jobs") + 1] == "3"  # meta_data.num_workers
-    assert "--rerun-incomplete" in command and "spec=/x/spec.yaml" in command
-    assert (command[command.index("--resources") + 1] if "--resources" in command else None) == resources
     environment = run_experiment.job_environment(ids)
     assert environment.get("DIFFUSER_GPUS") == (visible if visible is not None else os.environ.get("DIFFUSER_GPUS"))
+
+
+def test_the_snakemake_command_merges_config_overrides_with_the_spec():
+    from diffuser.launch import snakemake_command, split_config_overrides
+
+    config, rest = split_config_overrides(["--config", "n_train_steps=300", "seed=3", "--forceall", "-C", "x=1"])
+    assert config == ["n_train_steps=300", "seed=3", "x=1"] and rest == ["--forceall"]
+    command = snakemake_command(cores=8, jobs=3, gpus=2, spec="/x/spec.yaml", config=config, extra=rest)
+    assert command.count("--config") == 1
+    entries = command[command.index("--config") + 1: command.index("--resources")]
+    assert entries == ["spec=/x/spec.yaml", "n_train_steps=300", "seed=3", "x=1"]
+    assert command[command.index("--jobs") + 1] == "3" and command[command.index("--resources") + 1] == "gpu=2"
+    assert command[-1] == "--forceall"
+
+
+def test_run_experiment_applies_config_overrides_to_the_spec_it_was_given(tmp_path):
+    checkout = make_checkout(tmp_path / "checkout")
+    spec = write_spec(tmp_path, {**TINY_SPEC, "meta_data": {**TINY_SPEC["meta_data"], "exp_name": "given"}})
+    run = front_end(checkout, "run_experiment.py", "-e", str(spec), "-g", "-1", "-n", "--",
+                    "--config", "n_train_steps=300", "variables={seed: [1, 2, 3]}")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "experiment given: 6 cells" in run.stdout  # the spec's experiment, with the overrides
+    assert "results/given/cells/online_training~True/seed~3" in run.stdout + run.stderr
+    assert "maze2d-umaze-demo" not in run.stdout + run.stderr
 
 
 @pytest.mark.parametrize("gpu", ["gpu0", "", "0,x"])
@@ -89,7 +109,7 @@ def test_run_experiment_dry_run_plans_the_sweep_and_says_where_results_go(tmp_pa
     assert run.returncode == 0, run.stdout + run.stderr
     assert "experiment tiny: 6 cells on CPU, 1 job(s) at a time" in run.stdout
     assert f"results: {checkout.resolve()}/results/tiny/" in run.stdout
-    assert run.stdout.count("rule train:") == 6
+    assert run.stdout.count(": train cell ") == 6
     assert not (checkout / "results").exists()
 
 
@@ -102,10 +122,36 @@ def test_run_experiment_refuses_a_bad_spec_in_one_line(tmp_path):
     assert "Traceback" not in run.stderr and "snakemake" not in run.stdout
 
 
-def test_seed_guide_path_points_to_the_projects_spec(tmp_path):
+def test_the_guides_command_on_a_machine_without_a_usable_gpu_says_so_before_any_job(tmp_path):
     checkout = make_checkout(tmp_path / "checkout")
-    run = front_end(checkout, "run_experiment.py", "-e", "exp_specs/vae_diffusion_rl_example.yaml", "-g", "0")
-    assert run.returncode == 2 and "-e config/vae_diffusion_rl_example.yaml" in run.stderr
+    for gpu in ("0", "5"):
+        run = front_end(checkout, "run_experiment.py", "-e", "exp_specs/vae_diffusion_rl_example.yaml", "-g", gpu)
+        assert run.returncode == 2, run.stdout + run.stderr
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"-g {gpu}" in lines[0] and "-g -1" in lines[0]
+        assert "Traceback" not in run.stderr and not (checkout / "results").exists()
+
+
+def test_gpu_request_check_names_what_was_asked_and_what_exists(monkeypatch):
+    from diffuser.errors import GpuRequestError
+    from diffuser.utils import gpu_pool
+
+    monkeypatch.setattr(gpu_pool, "machine_gpu_ids", lambda: ["0", "1"])
+    gpu_pool.check_gpu_request(["1"])
+    with pytest.raises(GpuRequestError, match=r"-g 0,5 asks for GPU 5 but this machine has 2 GPU\(s\) \(0,1\).*-g -1"):
+        gpu_pool.check_gpu_request(["0", "5"])
+    monkeypatch.setattr(gpu_pool, "machine_gpu_ids", lambda: [])
+    with pytest.raises(GpuRequestError, match="-g -1"):
+        gpu_pool.check_gpu_request(["0"])
+
+
+def test_gpu_resources_without_gpus_get_one_line_and_the_cpu(tmp_path):
+    checkout = make_checkout(tmp_path / "checkout", TINY_SPEC)
+    run = snakemake(checkout, "-n", "--resources", "gpu=2")
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out
+    assert "--resources gpu=2: this machine lists no GPU" in out and "runs on the CPU" in out
+    assert "gpu=1" not in out.replace("gpu=2", "")
 
 
 def test_run_experiment_resumes_an_interrupted_sweep(tmp_path):
@@ -141,7 +187,7 @@ def test_run_experiment_resumes_an_interrupted_sweep(tmp_path):
     assert planned_jobs(checkout, "--config", f"spec={spec}") == {}
 
 
-def test_sweep_killed_outright_resumes_after_unlocking(tmp_path):
+def test_sweep_killed_outright_resumes_with_the_same_command(tmp_path):
     # SIGKILL (power loss, OOM killer) leaves Snakemake's lock and the job marked incomplete
     checkout = make_checkout(tmp_path / "checkout")
     spec = write_spec(tmp_path, {**TINY_SPEC, "variables": {}})
@@ -154,12 +200,31 @@ def test_sweep_killed_outright_resumes_after_unlocking(tmp_path):
     wait_for(lambda: checkpoint_step(run_dir) >= 10, 120, "a checkpoint")
     os.killpg(sweep.pid, signal.SIGKILL)
     sweep.wait(timeout=60)
-    locked = front_end(checkout, "run_experiment.py", "-e", str(spec), "-g", "-1")
-    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
-    assert snakemake(checkout, "--unlock", "--config", f"spec={spec}").returncode == 0
+    assert any((checkout / ".snakemake" / "locks").iterdir()), "the kill left Snakemake's lock"
     rerun = front_end(checkout, "run_experiment.py", "-e", str(spec), "-g", "-1")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "removed the stale Snakemake lock" in rerun.stderr
     assert json.loads((run_dir / "run.json").read_text())["resumed_from"] >= 10
+
+
+def test_a_live_sweep_of_the_same_experiment_is_named_not_unlocked(tmp_path):
+    checkout = make_checkout(tmp_path / "checkout")
+    spec = write_spec(tmp_path, {**TINY_SPEC, "variables": {}, "constants": {**TINY_SPEC["constants"], "n_train_steps": 3000}})
+    run_dir = cell_dir(checkout, "default")
+    sweep = subprocess.Popen(
+        [sys.executable, "run_experiment.py", "-e", str(spec), "-g", "-1"], cwd=checkout,
+        env=checkout_env(checkout, STAND_IN_STEP_SECONDS="0.02"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        wait_for(lambda: checkpoint_step(run_dir) >= 10, 120, "a checkpoint")
+        second = front_end(checkout, "run_experiment.py", "-e", str(spec), "-g", "-1")
+        assert second.returncode != 0
+        assert f"another Snakemake (pid " in second.stdout + second.stderr
+        assert sweep.poll() is None and any((checkout / ".snakemake" / "locks").iterdir())
+    finally:
+        os.killpg(sweep.pid, signal.SIGKILL)
+        sweep.wait(timeout=60)
 
 
 # ------------------------------------------------------------------------------ train.py
@@ -198,7 +263,7 @@ def test_demo_runs_the_pipeline_and_the_report_then_says_where_everything_is(tmp
     results = checkout / "results" / "tiny"
     first = front_end(checkout, "-m", "diffuser.demo", "--cores", "2")
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "--workflow-profile workflow/profiles/default --cores 2" in first.stdout
+    assert "snakemake --cores 2" in first.stdout
     assert (results / "report.html").stat().st_size > 0 and (results / "summary.csv").exists()
     for line in ("summary: results/tiny/summary.csv", "figures: results/tiny/figures/", "report:  results/tiny/report.html"):
         assert line in first.stdout
@@ -213,6 +278,15 @@ def test_demo_runs_the_pipeline_and_the_report_then_says_where_everything_is(tmp
     assert "Nothing to be done" in second.stdout + second.stderr
     assert (cell_dir(checkout, "online_training~False") / "final.pt").stat().st_mtime_ns == trained
     assert "report:  results/tiny/report.html" in second.stdout and "online_training~True" in second.stdout
+
+    # `make report`: the summary, figures and report again from the finished cells, nothing retrained
+    (results / "summary.csv").unlink()
+    (results / "report.html").unlink()
+    again = front_end(checkout, "-c", "import sys; from diffuser.demo import regenerate_report; sys.exit(regenerate_report())")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "online_training~True" in (results / "summary.csv").read_text()
+    assert (results / "report.html").stat().st_size > 0
+    assert (cell_dir(checkout, "online_training~False") / "final.pt").stat().st_mtime_ns == trained
 
 
 def test_demo_gives_each_job_its_own_gpu_when_the_pool_has_some():

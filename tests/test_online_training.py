@@ -138,7 +138,7 @@ def test_online_batches_mix_online_and_offline_samples(tmp_path, tiny_maze_data)
 def data_with_unknown_env(tmp_path, tiny_maze_data):
     data_dir = tmp_path / "data"
     shutil.copytree(tiny_maze_data, data_dir)
-    meta_path = data_dir / "processed" / "gen-maze2d-umaze" / "metadata.json"
+    meta_path = steps.processed_dir(online_config(tmp_path), data_dir) / "metadata.json"
     metadata = json.loads(meta_path.read_text())
     metadata["env_id"] = "NoSuchMaze-v9"
     meta_path.write_text(json.dumps(metadata))

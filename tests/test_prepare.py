@@ -121,12 +121,13 @@ class FakeMazeGenerator:
         return settings
 
 
-def test_generated_names_generate_once_and_again_when_settings_change(tmp_path, monkeypatch):
+def test_generated_names_generate_once_and_other_settings_get_their_own_dataset(tmp_path, monkeypatch):
     generator = FakeMazeGenerator()
     monkeypatch.setattr(prepare, "generate_maze2d_hdf5", generator)
     out = prepare_dataset("gen-maze2d-medium", tmp_path, steps=30, action_noise=0.3, seed=4)
     assert generator.calls == [{"maze": "medium", "steps": 30, "action_noise": 0.3, "seed": 4}]
-    assert (tmp_path / "raw" / "generated" / "gen-maze2d-medium.hdf5").is_file()
+    assert out == tmp_path / "processed" / "gen-maze2d-medium-30steps-noise0.3-seed4"
+    assert (tmp_path / "raw" / "generated" / "gen-maze2d-medium-30steps-noise0.3-seed4.hdf5").is_file()
     assert load_processed(out)[1]["generation"] == {"steps": 30, "action_noise": 0.3, "seed": 4}
 
     prepare_dataset("gen-maze2d-medium", tmp_path, steps=30, action_noise=0.3, seed=4)
@@ -139,13 +140,16 @@ def test_generated_names_generate_once_and_again_when_settings_change(tmp_path, 
     prepare_dataset("gen-maze2d-medium", tmp_path, steps=30, action_noise=0.3, seed=4)
     assert len(generator.calls) == 1 and out.is_dir()
 
-    prepare_dataset("gen-maze2d-medium", tmp_path, steps=30, action_noise=0.3, seed=5)
-    assert generator.calls[-1]["seed"] == 5
-    arrays, metadata = load_processed(out)
+    other = prepare_dataset("gen-maze2d-medium", tmp_path, steps=30, action_noise=0.3, seed=5)
+    assert generator.calls[-1]["seed"] == 5 and other != out
+    arrays, metadata = load_processed(other)
     assert metadata["generation"]["seed"] == 5
     np.testing.assert_array_equal(
         arrays["rewards"], d4rl_steps(n=30, obs_dim=6, action_dim=2, seed=5)["rewards"]
     )
+    assert load_processed(out)[1]["generation"]["seed"] == 4, "the seed-4 dataset is left as it was"
+    prepare_dataset("gen-maze2d-medium", tmp_path, steps=30, action_noise=0.3, seed=4)
+    assert len(generator.calls) == 2, "switching back rebuilds nothing"
 
 
 def test_locomotion_names_use_the_locomotion_generator(tmp_path, monkeypatch):
@@ -177,7 +181,8 @@ def test_generated_maze_dataset_has_every_contract_field(tmp_path):
     assert set(metadata) == CONTRACT_FIELDS
     assert json.loads((out / METADATA_FILE).read_text()) == metadata
     assert metadata["source"] == "generated"
-    assert metadata["source_path"] == str(tmp_path / "raw" / "generated" / "gen-maze2d-umaze.hdf5")
+    assert metadata["source_path"] == str(tmp_path / "raw" / "generated" / f"{out.name}.hdf5")
+    assert out.name == "gen-maze2d-umaze-600steps-noise0.5-seed0"
     assert (metadata["env_id"], metadata["max_episode_steps"]) == ("PointMaze_UMaze-v3", 300)
     assert metadata["observation_keys"] == ["observation", "desired_goal"] and metadata["goal_conditioned"]
     assert (metadata["obs_dim"], metadata["action_dim"]) == (6, 2)

@@ -25,7 +25,10 @@ from diffuser.config import load_spec, vae_key
 from diffuser.registry import unavailable_names
 
 ROOT = Path(__file__).resolve().parent.parent
-CHECKOUT_PARTS = ("Snakefile", "workflow", "config", "diffuser", "dvc.yaml", ".dvcignore", "run_experiment.py", "train.py")
+CHECKOUT_PARTS = ("Snakefile", "workflow", "config", "exp_specs", "diffuser", "scripts", "dvc.yaml", ".dvc", ".dvcignore",
+                  "run_experiment.py", "train.py")
+# what a checkout's own runs leave (DVC's cache and state, bytecode): not copied
+NOT_COPIED = shutil.ignore_patterns("__pycache__", "tmp", "cache", "config.local")
 NOTHING_TO_DO = "Nothing to be done"
 
 STAND_IN_CLI = '''"""Stand-in for `python -m diffuser` in workflow tests: each step writes what the CLI contract names."""
@@ -42,7 +45,10 @@ STEP_SECONDS = float(os.environ.get("STAND_IN_STEP_SECONDS", "0"))
 
 
 def prepare(args):
-    out = Path(args.data_dir) / "processed" / args.dataset
+    from diffuser.datasets.prepare import dataset_key
+
+    key = dataset_key(args.dataset, int(args.steps), float(args.action_noise), int(args.seed))
+    out = Path(args.data_dir) / "processed" / key
     out.mkdir(parents=True, exist_ok=True)
     (out / "episodes.npz").write_bytes(b"stand-in")
     (out / "metadata.json").write_text(json.dumps({"name": args.dataset, "steps": args.steps}))
@@ -141,7 +147,7 @@ def make_checkout(directory: Path, spec: dict | None = None, stand_in: bool = Tr
     for part in CHECKOUT_PARTS:
         source = ROOT / part
         if source.is_dir():
-            shutil.copytree(source, directory / part, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(source, directory / part, symlinks=True, ignore=NOT_COPIED)
         elif source.exists():
             shutil.copy2(source, directory / part)
     if spec is not None:
@@ -222,7 +228,7 @@ def test_default_config_plans_one_job_per_dataset_vae_and_cell(tmp_path):
 
 def test_example_config_plans_two_cells_sharing_one_vae_each_on_a_gpu(tmp_path):
     checkout = make_checkout(tmp_path)
-    spec_arg = "spec=config/vae_diffusion_rl_example.yaml"
+    spec_arg = "spec=exp_specs/vae_diffusion_rl_hopper_d4rl.yaml"
     missing = snakemake(checkout, "-n", "--config", spec_arg)
     assert missing.returncode != 0
     assert "data/raw/d4rl/hopper-medium-v2.hdf5" in missing.stdout + missing.stderr
@@ -230,7 +236,7 @@ def test_example_config_plans_two_cells_sharing_one_vae_each_on_a_gpu(tmp_path):
     raw.parent.mkdir(parents=True)
     raw.write_bytes(b"")
     jobs, out = plan(checkout, "--config", spec_arg, DIFFUSER_GPUS="0,1")
-    assert jobs == expected_jobs(load_spec(ROOT / "config" / "vae_diffusion_rl_example.yaml"))
+    assert jobs == expected_jobs(load_spec(ROOT / "exp_specs" / "vae_diffusion_rl_hopper_d4rl.yaml"))
     assert jobs["train"] == 2 and jobs["pretrain_vae"] == 1
     train_jobs = [block for block in out.split("rule ")[1:] if block.startswith("train:")]
     assert len(train_jobs) == 2 and all("gpu=1" in block for block in train_jobs)
@@ -249,13 +255,21 @@ def test_command_line_overrides_change_the_grid(tmp_path):
     assert "results/three_seeds/cells/online_training~True/seed~3/final.pt" in out
 
 
-def test_sweeping_how_a_generated_dataset_is_made_is_refused(tmp_path):
+def test_sweeping_how_a_generated_dataset_is_made_gives_one_dataset_job_per_setting(tmp_path):
     checkout = make_checkout(tmp_path)
-    run = snakemake(checkout, "-n", "--config", "variables={dataset_action_noise: [0.5, 1.0]}")
-    out = run.stdout + run.stderr
-    assert run.returncode != 0
-    assert "cells use different dataset_steps/dataset_action_noise/dataset_seed" in out
-    assert "share data/processed/gen-maze2d-umaze/" in out
+    jobs, out = plan(checkout, "--config", "variables={dataset_action_noise: [0.5, 1.0]}")
+    assert jobs["prepare_dataset"] == 2
+    assert "data/processed/gen-maze2d-umaze-100000steps-noise1.0-seed0/episodes.npz" in out
+
+
+def test_a_dataset_typo_stops_before_any_job_with_the_librarys_message(tmp_path):
+    checkout = make_checkout(tmp_path)
+    for name, expected in (("gen-maze2d-umaz", "gen-maze2d-{umaze,medium,large}"),
+                           ("../../../tmp/evil", "not a dataset name")):
+        run = snakemake(checkout, "-n", "--config", f"dataset={name}")
+        out = run.stdout + run.stderr
+        assert run.returncode != 0 and expected in out and "MissingInputException" not in out
+    assert not (checkout / "data").exists()
 
 
 def test_invalid_spec_stops_before_any_job_with_one_clear_message(tmp_path):

@@ -1,11 +1,13 @@
-"""`prepare_dataset`: any source (generated, D4RL HDF5, Minari) -> `data/processed/<name>/`.
+"""`prepare_dataset`: any source (generated, D4RL HDF5, Minari) -> `data/processed/<key>/`.
 
 Dataset names (docs/INTERFACES.md):
 - `gen-maze2d-{umaze,medium,large}`, `gen-{hopper,halfcheetah,walker2d}-random`: generated into
-  `data/raw/generated/<name>.hdf5` (when missing or made with other settings), then read like a
-  D4RL file;
+  `data/raw/generated/<key>.hdf5` (when missing), then read like a D4RL file. Their key names the
+  generation settings (`gen-maze2d-umaze-100000steps-noise0.5-seed0`), so datasets made with
+  other settings live side by side and never rebuild each other;
 - `minari:<dataset id>`: a dataset in the local Minari store (never downloaded);
-- anything else: a D4RL name, read from `data/raw/d4rl/<name>.hdf5`.
+- a D4RL name (`hopper-medium-v2`, `maze2d-umaze-v1`), read from `data/raw/d4rl/<name>.hdf5`.
+For the last two the key is the name itself. `dataset_name_problem` checks a name before any job.
 
 Preparing is idempotent: an existing processed dataset built from the same source (same kind,
 generation settings and source sha256) is returned as is; otherwise it is rebuilt, and the
@@ -18,6 +20,7 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +49,7 @@ logger = logging.getLogger(__name__)
 GENERATED_MAZE = re.compile(rf"gen-maze2d-({'|'.join(MAZE_ENV_IDS)})")
 GENERATED_LOCOMOTION = re.compile(rf"gen-({'|'.join(LOCOMOTION_ENV_IDS)})-random")
 MINARI_PREFIX = "minari:"
+_SAFE_PART = re.compile(r"[A-Za-z0-9_.:+-]+")
 ENV_SPEC_FIELDS = ("env_id", "env_kwargs", "max_episode_steps", "observation_keys", "goal_conditioned")
 _HASH_CHUNK = 1 << 20
 
@@ -59,21 +63,63 @@ class Source:
     generation: dict | None  # generation settings of a generated dataset, else None
 
 
-def processed_path(name: str, data_dir: str | os.PathLike = "data") -> Path:
-    return Path(data_dir) / "processed" / name
+def dataset_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a dataset (one sentence), or None when it can.
+
+    A name is a generated or D4RL name whose evaluation task is known, or `minari:<id>`; every
+    part of it between slashes is plain (letters, digits, `_.:+-`, not `.` or `..`), so no name
+    makes a path that leaves data/.
+    """
+    parts = name.split("/")
+    if not name or any(not _SAFE_PART.fullmatch(part) or part in (".", "..") for part in parts):
+        return (
+            f"dataset {name!r}: not a dataset name (names use letters, digits and _.:+-, with / only "
+            "inside a minari:<id>); use e.g. gen-maze2d-umaze, hopper-medium-v2 or minari:D4RL/pointmaze/umaze-v2."
+        )
+    if name.startswith(MINARI_PREFIX):
+        return None if len(name) > len(MINARI_PREFIX) else f"dataset {name!r}: give the Minari id after minari:."
+    if len(parts) > 1:
+        return f"dataset {name!r}: only a minari:<id> name may contain /."
+    try:
+        env_spec_for_dataset(name)
+    except EnvironmentUnavailable as error:
+        return str(error)
+    return None
+
+
+def dataset_key(name: str, steps: int, action_noise: float, seed: int) -> str:
+    """The directory name of a dataset under data/processed/ (and of a generated one's raw file)."""
+    if GENERATED_MAZE.fullmatch(name):
+        return f"{name}-{steps}steps-noise{float(action_noise)!r}-seed{seed}"
+    if GENERATED_LOCOMOTION.fullmatch(name):
+        return f"{name}-{steps}steps-seed{seed}"
+    return name
+
+
+def dataset_key_of(config: Mapping) -> str:
+    """`dataset_key` of a cell config's `dataset` and its generation settings."""
+    return dataset_key(
+        config["dataset"], config["dataset_steps"], config["dataset_action_noise"], config["dataset_seed"]
+    )
+
+
+def processed_path(key: str, data_dir: str | os.PathLike = "data") -> Path:
+    """data/processed/<key>/ (`key`: `dataset_key`)."""
+    return Path(data_dir) / "processed" / key
 
 
 def resolve_source(
     name: str, data_dir: str | os.PathLike, steps: int, action_noise: float, seed: int
 ) -> Source:
     raw = Path(data_dir) / "raw"
+    key = dataset_key(name, steps, action_noise, seed)
     if GENERATED_MAZE.fullmatch(name):
         generation = {"steps": steps, "action_noise": action_noise, "seed": seed}
-        return Source("generated", raw / "generated" / f"{name}.hdf5", generation)
+        return Source("generated", raw / "generated" / f"{key}.hdf5", generation)
     if GENERATED_LOCOMOTION.fullmatch(name):
         # Random-policy data has no action noise to set.
         generation = {"steps": steps, "action_noise": None, "seed": seed}
-        return Source("generated", raw / "generated" / f"{name}.hdf5", generation)
+        return Source("generated", raw / "generated" / f"{key}.hdf5", generation)
     if name.startswith(MINARI_PREFIX):
         return Source("minari", minari_dataset_dir(name[len(MINARI_PREFIX) :]), None)
     return Source("d4rl", raw / "d4rl" / f"{name}.hdf5", None)
@@ -238,7 +284,7 @@ def prepare_dataset(
     seed: int = 0,
     force: bool = False,
 ) -> Path:
-    """Build `<data_dir>/processed/<name>/` (episodes.npz + metadata.json) from the dataset's source.
+    """Build `<data_dir>/processed/<key>/` (episodes.npz + metadata.json) from the dataset's source.
 
     `steps`, `action_noise` and `seed` set a generated dataset (ignored for D4RL and Minari ones).
     Returns at once when the processed dataset is up to date; `force` rebuilds it (and regenerates
@@ -246,8 +292,11 @@ def prepare_dataset(
     evaluation env's observation/action dimensions and action bounds where the env can be built
     (otherwise with a warning, against the Minari dataset's action space or the data's own range).
     """
+    problem = dataset_name_problem(name)
+    if problem:
+        raise DatasetError(problem)
     source = resolve_source(name, data_dir, steps, action_noise, seed)
-    out = processed_path(name, data_dir)
+    out = processed_path(dataset_key(name, steps, action_noise, seed), data_dir)
     if not force:
         reason = _stale_reason(out, name, source)
         if reason is None:

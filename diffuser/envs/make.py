@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import gymnasium as gym
 import numpy as np
 
@@ -51,7 +54,9 @@ def _ensure_registered(env_id: str) -> None:
         return
     if env_id.startswith(_ROBOTICS_ENV_PREFIXES):
         try:
-            import gymnasium_robotics
+            # its import prints a notice about AdroitHand rewards (not our environments) into every log
+            with contextlib.redirect_stderr(io.StringIO()):
+                import gymnasium_robotics
         except ImportError as error:
             raise EnvironmentUnavailable(
                 f"Environment {env_id} needs the package gymnasium-robotics, which is not installed; run `{_install_hint(env_id)}`."

@@ -131,7 +131,7 @@ def cells_table(exp_dir: Path, cells: pd.DataFrame) -> tuple[str, list[dict]]:
         best = f"{_fmt(row['best_eval_score'])} ({_fmt(row['best_eval_step'], 0)})"
         last = f"{_fmt(row['last_eval_score'])} ({_fmt(row['last_eval_step'], 0)})"
         rows.append([html.escape(row["cell"]), _fmt(row["normalized_score"]), _fmt(row["success_rate"], 2), best, last,
-                     _fmt(info.get("steps")), html.escape(_device(info)), _fmt(wall_clock_seconds(info)),
+                     _fmt(info.get("steps", info.get("step"))), html.escape(_device(info)), _fmt(wall_clock_seconds(info)),
                      _fmt(info.get("status"))])
     return _table(header, rows), infos
 

@@ -27,6 +27,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from diffuser.errors import GpuRequestError
+
 NO_GPU_WORDS = ("", "none", "-1")
 # where SLURM names a job's GPUs when CUDA_VISIBLE_DEVICES is not set
 SLURM_GPU_VARIABLES = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS")
@@ -232,3 +234,50 @@ def _given_by_scheduler(requested: str, source: str, visible: str) -> DeviceClai
         )
     device = (requested if requested.startswith("cuda:") else "cuda:0") if has_gpu else "cpu"
     return DeviceClaim(requested, device, None, source, os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def machine_gpu_ids() -> list[str]:
+    """The GPUs this machine can compute on: nvidia-smi's list when torch has CUDA, else none."""
+    import torch
+
+    if torch.version.cuda is None or not torch.cuda.is_available():
+        return []
+    return _nvidia_smi_ids() or [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _torch_without_cuda() -> str:
+    import torch
+
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is a CPU build"
+    return f"torch {torch.__version__} finds no usable GPU (torch.cuda.is_available() is False)"
+
+
+def check_gpu_request(ids: list[str]) -> None:
+    """Raise GpuRequestError (one line) when the GPU ids asked for (`-g 0,1`) do not all exist here."""
+    if not ids:
+        return
+    available = machine_gpu_ids()
+    asked = ",".join(ids)
+    if not available:
+        raise GpuRequestError(
+            f"-g {asked} asks for GPU {asked} but {_torch_without_cuda()}; run with -g -1 for the CPU, "
+            "or install a CUDA build of torch (README, GPUs)."
+        )
+    missing = [gpu for gpu in ids if gpu not in available]
+    if missing:
+        raise GpuRequestError(
+            f"-g {asked} asks for GPU {','.join(missing)} but this machine has {len(available)} GPU(s) "
+            f"({','.join(available)}); pick from those, or run with -g -1 for the CPU."
+        )
+
+
+def unmet_gpu_resources_note(requested) -> str | None:
+    """A one-line note when `--resources gpu=G` asks for GPUs the pool does not have (jobs then use the CPU)."""
+    count = getattr(requested, "value", requested)
+    if not count or pool_ids() or os.environ.get("SLURM_JOB_ID"):
+        return None
+    return (
+        f"--resources gpu={count}: this machine lists no GPU (DIFFUSER_GPUS / nvidia-smi), so every job "
+        "runs on the CPU."
+    )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from diffuser.runtime.console import announce
 from diffuser.utils.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -82,6 +83,7 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, config)
         self.generator = torch.Generator(device="cpu").manual_seed(config["seed"])
         self.step = 0
+        self.resumed_from: int | None = None  # the checkpoint step this attempt started from
         self._sums: dict[str, float] = {}  # metric -> sum since the last log row
         self._counts: dict[str, int] = {}
 
@@ -146,6 +148,8 @@ class Trainer:
                   file=sys.stderr)
             return False
         self.load_state_dict(state)
+        self.resumed_from = self.step
+        announce(f"resumed from step {self.step} (checkpoint {path})")
         return True
 
     # -------------------------------------------------------------------------------------- training

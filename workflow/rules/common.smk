@@ -21,8 +21,10 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from diffuser.config import ConfigError, load_workflow_spec, needs_vae_pretraining, vae_config, vae_key
-from diffuser.datasets.prepare import resolve_source
-from diffuser.utils.gpu_pool import pool_ids
+from diffuser.datasets.prepare import dataset_key_of, resolve_source
+from diffuser.errors import WorkflowLocked
+from diffuser.runtime.workflow_lock import clear_stale_locks
+from diffuser.utils.gpu_pool import pool_ids, unmet_gpu_resources_note
 
 DEFAULT_SPEC = "config/config.yaml"
 DATA_DIR = "data"
@@ -37,14 +39,28 @@ except ConfigError as err:
 EXP = SPEC.exp_name
 RESULTS = f"results/{EXP}"
 LOGS = f"logs/{EXP}"
+
+# A run killed with SIGKILL (OOM killer, lost node, kill -9) leaves Snakemake's lock behind; the
+# same command removes it when no live Snakemake works here (diffuser/runtime/workflow_lock.py).
+# Only the main process: jobs that parse the Snakefile again run under the main one's lock.
+if workflow.is_main_process:
+    try:
+        if note := clear_stale_locks(os.getcwd(), (f"{RESULTS}/", f"{LOGS}/")):
+            print(note, file=sys.stderr)
+    except WorkflowLocked as err:
+        raise WorkflowError(str(err)) from None
+
 # a job's `gpu` resource: meta_data.gpus_per_job where the pool has GPUs, 0 on a CPU-only machine
 # (the SLURM profile sets its own from DIFFUSER_SLURM_GPUS)
 GPUS_PER_JOB = SPEC.meta_data["gpus_per_job"] if pool_ids() else 0
+if workflow.is_main_process and (note := unmet_gpu_resources_note(workflow.global_resources.get("gpu"))):
+    print(note, file=sys.stderr)
 THREADS_PER_JOB = SPEC.meta_data["threads_per_job"]
 
 CELLS = {cell.name: cell.config for cell in SPEC.cells()}
 VAES = {vae_key(config): vae_config(config) for config in CELLS.values() if needs_vae_pretraining(config)}
-DATASETS = {config["dataset"]: config for config in CELLS.values()}
+# dataset key (its directory under data/processed/, naming a generated one's settings) -> a cell config using it
+DATASETS = {dataset_key_of(config): config for config in CELLS.values()}
 
 
 def alternatives(names):
@@ -62,6 +78,7 @@ wildcard_constraints:
 
 
 def dataset_path(name, dataset="{dataset}"):
+    """A file of data/processed/<dataset key>/."""
     return f"{DATA_DIR}/processed/{dataset}/{name}"
 
 
@@ -122,7 +139,7 @@ def dataset_source(wildcards):
     """A D4RL dataset's raw HDF5 file; generated and Minari datasets have no file to wait for."""
     config = DATASETS[wildcards.dataset]
     source = resolve_source(
-        wildcards.dataset, DATA_DIR, config["dataset_steps"], config["dataset_action_noise"], config["dataset_seed"]
+        config["dataset"], DATA_DIR, config["dataset_steps"], config["dataset_action_noise"], config["dataset_seed"]
     )
     return [str(source.path)] if source.kind == "d4rl" else []
 
@@ -132,12 +149,12 @@ def generation(key):
 
 
 def vae_inputs(wildcards):
-    return {"config": vae_path("config.yaml", wildcards.vae), "dataset": dataset_files(VAES[wildcards.vae]["dataset"])}
+    return {"config": vae_path("config.yaml", wildcards.vae), "dataset": dataset_files(dataset_key_of(VAES[wildcards.vae]))}
 
 
 def train_inputs(wildcards):
     config = CELLS[wildcards.cell]
-    inputs = {"config": cell_path("config.yaml", wildcards.cell), "dataset": dataset_files(config["dataset"])}
+    inputs = {"config": cell_path("config.yaml", wildcards.cell), "dataset": dataset_files(dataset_key_of(config))}
     if needs_vae_pretraining(config):
         inputs["vae"] = vae_path("vae.pt", vae_key(config))
     return inputs
@@ -148,8 +165,9 @@ def vae_argument(wildcards, input):
 
 
 def data_dir_of(output_name):
-    """The data directory, from an output of data/processed/<dataset>/ (so the lint sees it derived)."""
-    return lambda wildcards, output: str(Path(output[output_name]).parents[2])
+    """The data directory, from an output of data/processed/<dataset key>/ (so the lint sees it derived);
+    a Minari key (minari:<namespace>/<name>) holds slashes, so count its parts."""
+    return lambda wildcards, output: str(Path(output[output_name]).parents[len(Path(wildcards.dataset).parts) + 1])
 
 
 def run_dir(wildcards):

@@ -2,6 +2,8 @@
 
 
 rule evaluate:
+    message:
+        "evaluate cell {wildcards.cell}"
     input:
         cell_path("final.pt"),
     output:

@@ -4,6 +4,8 @@
 
 
 rule vae_config:
+    message:
+        "write the config of VAE {wildcards.vae}"
     output:
         vae_path("config.yaml"),
     params:
@@ -16,6 +18,8 @@ rule vae_config:
 
 
 rule pretrain_vae:
+    message:
+        "pre-train VAE {wildcards.vae}"
     input:
         unpack(vae_inputs),
     output:

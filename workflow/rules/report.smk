@@ -11,6 +11,8 @@ report: "../report/workflow.rst"
 
 
 rule resolved_spec:
+    message:
+        "write the resolved spec of {EXP}"
     input:
         SPEC_MARKER,
     output:
@@ -25,6 +27,8 @@ rule resolved_spec:
 
 
 rule aggregate:
+    message:
+        "summary and figures of {EXP}"
     input:
         spec=f"{RESULTS}/spec.yaml",
         configs=expand(cell_path("config.yaml"), cell=CELLS),

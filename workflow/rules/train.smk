@@ -8,6 +8,8 @@
 
 
 rule settings_marker:
+    message:
+        "note the settings of {wildcards.marker}"
     output:
         f"{RESULTS}/cells/{{marker}}",
     params:
@@ -22,6 +24,8 @@ rule settings_marker:
 
 
 rule cell_config:
+    message:
+        "write the config of cell {wildcards.cell}"
     input:
         cell_settings_marker,
     output:
@@ -36,6 +40,8 @@ rule cell_config:
 
 
 rule train:
+    message:
+        "train cell {wildcards.cell}"
     input:
         unpack(train_inputs),
     output:
@@ -43,6 +49,7 @@ rule train:
         run_info=cell_path("run.json"),
     params:
         run_dir=run_dir,
+        history=lambda wildcards: cell_path("train.log", wildcards.cell),
         vae=vae_argument,
         data_dir=DATA_DIR,
     threads: cell_threads
@@ -52,10 +59,13 @@ rule train:
         log_path("train", "cell"),
     benchmark:
         benchmark_path("train", "cell")
-    # the log is appended to, so a resumed run keeps the interrupted attempt's output
+    # Snakemake deletes a job's log before each attempt, so every attempt is appended to the cell's
+    # train.log (kept with its checkpoints) and the job log starts as a copy of it. Descriptor 3 is
+    # the console: the job prints one-line events there too ("resumed from step N").
     shell:
-        "{PYTHON} -m diffuser train --cell-config {input.config:q} --run-dir {params.run_dir:q} {params.vae}"
-        " --data-dir {params.data_dir} --threads {threads} >> {log:q} 2>&1"
+        "mkdir -p {params.run_dir:q} && touch {params.history:q} && cp {params.history:q} {log:q} &&"
+        " DIFFUSER_CONSOLE_FD=3 {PYTHON} -m diffuser train --cell-config {input.config:q} --run-dir {params.run_dir:q}"
+        " {params.vae} --data-dir {params.data_dir} --threads {threads} 3>&2 2>&1 | tee -a {params.history:q} >> {log:q}"
 
 
 rule all_cells:
