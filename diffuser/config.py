@@ -42,11 +42,13 @@ import hashlib
 import importlib.util
 import itertools
 import json
+import netrc
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import jsonschema
 import yaml
@@ -81,6 +83,7 @@ VAE_KEYS = (
 )
 # The package each optional logger of `loggers` needs (diffuser/utils/loggers.py).
 LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "dvclive": "dvclive"}
+WANDB_DEFAULT_URL = "https://api.wandb.ai"
 
 
 class ConfigError(ValueError):
@@ -411,7 +414,26 @@ def _cell_problems(config: dict) -> list[str]:
         if package and importlib.util.find_spec(package) is None:
             problems.append(f"loggers lists {logger}, but the {package} package is not installed: "
                             f"pip install {package}, or remove {logger} from loggers.")
+    if "wandb" in config["loggers"] and config["wandb_project"] and not wandb_api_key():
+        problems.append(wandb_login_problem(config["wandb_project"]))
     return problems
+
+
+def wandb_api_key() -> str | None:
+    """The key a `wandb login` (or WANDB_API_KEY) left on this machine, read without wandb or the network."""
+    if os.environ.get("WANDB_API_KEY"):
+        return os.environ["WANDB_API_KEY"]
+    host = urlparse(os.environ.get("WANDB_BASE_URL", WANDB_DEFAULT_URL)).hostname
+    try:
+        auth = netrc.netrc(os.environ.get("NETRC")).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return None
+    return auth[2] if auth else None
+
+
+def wandb_login_problem(project: str) -> str:
+    return (f"wandb_project is {project!r} but no wandb API key is configured on this machine: run `wandb login` "
+            "once outside the job or set WANDB_API_KEY, or unset wandb_project to log offline.")
 
 
 def _expand(constants: dict, variables: dict) -> tuple[list[Cell], list[str]]:

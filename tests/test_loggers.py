@@ -1,7 +1,9 @@
 """Loggers: TensorBoard, DVCLive and wandb hold exactly the rows of metrics.csv, also after a kill and resume."""
 
 import csv
+import importlib.util
 import json
+import re
 import signal
 import subprocess
 import time
@@ -180,22 +182,28 @@ def test_wandb_logs_offline_the_csv_rows(tmp_path, tiny_maze_data, monkeypatch):
     assert_same_series(logged, truth, "wandb")
 
 
-def test_wandb_online_without_a_login_stops_with_one_line(tmp_path, tiny_maze_data, monkeypatch):
-    pytest.importorskip("wandb")
-    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+def test_wandb_online_without_a_login_stops_before_any_job(tmp_path, monkeypatch):
+    from diffuser.config import cell_defaults
+    from diffuser.utils.loggers import LoggerUnavailable, WandbMirror
+
+    for name in ("WANDB_API_KEY", "WANDB_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    cell = write_cell(tmp_path / "cell.yaml", n_train_steps=20, loggers=["wandb"], wandb_project="my-project")
-    out = subprocess.run(train_cmd(cell, tmp_path / "run", tiny_maze_data), env=python_env(), cwd=ROOT, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
-    assert out.returncode == 2
-    assert out.stderr.strip().splitlines()[-1] == (
-        "error: wandb_project is 'my-project' but no wandb API key is configured on this machine: run `wandb login` "
-        "once outside the job or set WANDB_API_KEY, or unset wandb_project to log offline.")
+    expected = ("wandb_project is 'my-project' but no wandb API key is configured on this machine: run `wandb login` "
+                "once outside the job or set WANDB_API_KEY, or unset wandb_project to log offline.")
+    spec = {"meta_data": {"exp_name": "x"}, "constants": {"loggers": ["wandb"], "wandb_project": "my-project"}}
+    if importlib.util.find_spec("wandb") is None:
+        pytest.skip("wandb is not installed")
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_spec(spec)
+    with pytest.raises(LoggerUnavailable, match=re.escape(expected)):  # a job on a machine without the key
+        WandbMirror(tmp_path / "run", {**cell_defaults(), "loggers": ["wandb"], "wandb_project": "my-project"}, None)
+    (tmp_path / "netrc").write_text("machine api.wandb.ai login user password 0123456789abcdef\n")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert load_spec(spec).cells()[0].config["wandb_project"] == "my-project"
 
 
 def test_a_missing_logger_package_stops_before_any_job(tmp_path, monkeypatch):
-    import importlib.util
-
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     spec = {"meta_data": {"exp_name": "x"}, "constants": {"loggers": ["csv", "wandb"]}, "variables": {"seed": [1, 2]}}
