@@ -232,8 +232,9 @@ def test_dvclive_cells_are_listed_in_the_repositorys_dvc_yaml_for_dvc_to_show(tm
     run("git", "config", "user.email", "t@t")
     run("git", "config", "user.name", "t")
     run(PYTHON, "-m", "dvc", "init", "-q")
-    (repository / "dvc.yaml").write_text("# the pipeline\nstages:\n  train:\n    cmd: echo\n    outs:\n      - results/x/cells:\n"
-                                         "          persist: true\n")
+    pipeline = ("# the pipeline\nstages:\n  train:\n    cmd: echo a long command line that must stay on one line\n"
+                "    outs:\n      - results/x/cells:\n          persist: true\n")
+    (repository / "dvc.yaml").write_text(pipeline)
     (repository / ".gitignore").write_text("/results/\n")
     run("git", "add", "-A")
     run("git", "commit", "-qm", "init")
@@ -246,7 +247,7 @@ def test_dvclive_cells_are_listed_in_the_repositorys_dvc_yaml_for_dvc_to_show(tm
                 loggers.log(step, {"loss": offset + 1.0 / step, "eval_normalized_score": 50.0 + offset})
             loggers.close()
     text = (repository / "dvc.yaml").read_text()
-    assert text.startswith("# the pipeline") and text.count("a~1/seed~1/dvclive/metrics.json") == 1
+    assert text.startswith(pipeline) and text.count("a~1/seed~1/dvclive/metrics.json") == 1  # appended only
     plots = json.loads(run(PYTHON, "-m", "dvc", "plots", "show", "--json"))["data"]
     assert "results/x/cells/a~1/seed~1/dvclive/plots/metrics/eval_normalized_score.tsv" in plots
     workspace = json.loads(run(PYTHON, "-m", "dvc", "exp", "show", "--json"))[0]["data"]["metrics"]

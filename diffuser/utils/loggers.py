@@ -154,22 +154,39 @@ def register_with_dvc(live_dir: Path) -> Path | None:
     root = next((parent for parent in live_dir.parents if (parent / ".dvc").is_dir()), None)
     if root is None or not (root / "dvc.yaml").exists():
         return None
-    from dvc.utils.serialize import modify_yaml  # keeps the file's comments and layout
-
     relative = live_dir.relative_to(root).as_posix()
     metrics, plots = f"{relative}/metrics.json", f"{relative}/plots/metrics"
     lock_path = root / ".dvc" / "tmp" / "dvclive-register.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        with modify_yaml(root / "dvc.yaml") as data:
-            listed = data.setdefault("metrics", [])
-            if metrics not in listed:
-                listed.append(metrics)
-            listed = data.setdefault("plots", [])
-            if not any(plots == entry or (isinstance(entry, dict) and plots in entry) for entry in listed):
-                listed.append({plots: {"x": "step"}})
+        _add_to_dvc_yaml(root / "dvc.yaml", metrics, plots)
     return root / "dvc.yaml"
+
+
+def _add_to_dvc_yaml(path: Path, metrics: str, plots: str) -> None:
+    """Appends `metrics` to the top-level metrics and `plots` (x: step) to the top-level plots of
+    `path`, keeping its comments, indentation and line lengths (ruamel round trip, as DVC's own)."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    yaml.width = 4096
+    yaml.preserve_quotes = True
+    data = yaml.load(path.read_text())
+    listed = data.setdefault("metrics", [])
+    changed = metrics not in listed
+    if changed:
+        listed.append(metrics)
+    listed = data.setdefault("plots", [])
+    if not any(plots == entry or (isinstance(entry, dict) and plots in entry) for entry in listed):
+        listed.append({plots: {"x": "step"}})
+        changed = True
+    if changed:
+        tmp = path.with_suffix(".yaml.tmp")
+        with open(tmp, "w") as f:
+            yaml.dump(data, f)
+        os.replace(tmp, path)
 
 
 def _cut_dvclive_tables(log_dir: Path, resume_step: int) -> None:
