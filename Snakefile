@@ -20,6 +20,8 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    message:
+        "every output of experiment {EXP} is up to date"
     input:
         all_outputs(),
     default_target: True

@@ -24,5 +24,7 @@ rule prepare_dataset:
 
 
 rule all_datasets:
+    message:
+        "every dataset of {EXP} is ready"
     input:
         all_dataset_files(),

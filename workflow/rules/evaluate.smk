@@ -3,7 +3,7 @@
 
 rule evaluate:
     message:
-        "evaluate cell {wildcards.cell}"
+        "evaluate cell {wildcards.cell} (threads={threads}, gpu={resources.gpu})"
     input:
         cell_path("final.pt"),
     output:

@@ -41,7 +41,7 @@ rule cell_config:
 
 rule train:
     message:
-        "train cell {wildcards.cell}"
+        "train cell {wildcards.cell} (threads={threads}, gpu={resources.gpu})"
     input:
         unpack(train_inputs),
     output:
@@ -69,5 +69,7 @@ rule train:
 
 
 rule all_cells:
+    message:
+        "every cell of {EXP} is trained and evaluated"
     input:
         all_cell_files(),
