@@ -58,20 +58,25 @@ def _interval(low, high) -> str:
 
 
 def score_table(summary_csv: Path) -> str:
-    """The summary as a small text table: variant, seeds, mean and 95% CI (t), IQM and its 95%
-    bootstrap CI of the final normalized score, and the IQM of the best periodic evaluation."""
+    """The summary as a small text table: variant, seeds, mean and 95% CI (t) of the final normalized
+    score, then, where summary.csv has them, its IQM with the 95% bootstrap CI and the IQM of the
+    best periodic evaluation."""
     import pandas as pd
 
     summary = pd.read_csv(summary_csv)
-    if not {"variant", "mean", "ci95_low", "ci95_high", "iqm", "best_eval_iqm"} <= set(summary.columns):
+    if not {"variant", "mean", "ci95_low", "ci95_high"} <= set(summary.columns):
         return summary.to_string(index=False)
+    robust = {"iqm", "iqm_ci95_low", "iqm_ci95_high", "best_eval_iqm"} <= set(summary.columns)
     width = max(len("variant"), *(len(str(v)) for v in summary["variant"]))
-    lines = [f"  {'variant':<{width}}  seeds   mean   95% CI (t)      IQM   95% CI (bootstrap)  best-eval IQM"]
+    header = f"  {'variant':<{width}}  seeds   mean   95% CI (t)    "
+    lines = [(header + ("    IQM   95% CI (bootstrap)  best-eval IQM" if robust else "")).rstrip()]
     for row in summary.itertuples():
         seeds = getattr(row, "n_seeds", "")
-        lines.append(f"  {row.variant:<{width}}  {seeds!s:>5}  {_number(row.mean):>5}   "
-                     f"{_interval(row.ci95_low, row.ci95_high):<14} {_number(row.iqm):>5}   "
-                     f"{_interval(row.iqm_ci95_low, row.iqm_ci95_high):<18}  {_number(row.best_eval_iqm):>5}")
+        line = f"  {row.variant:<{width}}  {seeds!s:>5}  {_number(row.mean):>5}   {_interval(row.ci95_low, row.ci95_high):<14}"
+        if robust:
+            line += (f" {_number(row.iqm):>5}   {_interval(row.iqm_ci95_low, row.iqm_ci95_high):<18}  "
+                     f"{_number(row.best_eval_iqm):>5}")
+        lines.append(line.rstrip())
     return "\n".join(lines)
 
 
