@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from diffuser.config import ConfigError, load_spec
     from diffuser.errors import GpuRequestError
-    from diffuser.utils.gpu_pool import check_gpu_request
+    from diffuser.runtime.gpu_pool import check_gpu_request
 
     config_items, extra = split_config_overrides(extra)
     spec_path = Path(args.experiment).resolve()

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.gpu is not None:
-        # read by diffuser.utils.gpu_pool when the step claims its device
+        # read by diffuser.runtime.gpu_pool when the step claims its device
         os.environ["DIFFUSER_GPUS"] = "none" if args.gpu.strip() == "-1" else args.gpu.strip()
     sys.path.insert(0, str(ROOT))
     from diffuser.cli import main as cli

@@ -18,11 +18,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python benchmarks/X.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from diffuser.config import validate_cell_config  # noqa: E402
+from diffuser.config import cell_defaults, validate_cell_config  # noqa: E402
 from diffuser.datasets.prepare import prepare_dataset  # noqa: E402
 
 DEFAULT_DATASET = "gen-maze2d-umaze"
-DEFAULT_DATASET_STEPS = 100_000  # the cell default `dataset_steps`
+DEFAULT_DATASET_STEPS = cell_defaults()["dataset_steps"]
 QUICK_DATASET_STEPS = 5_000  # --quick: a small generated dataset in a temporary directory
 
 
@@ -73,7 +73,9 @@ def ensure_dataset(args, stack) -> Path:
         data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-data-")))
     else:
         data_dir = ROOT / "data"
-    prepare_dataset(args.dataset, data_dir, steps=steps)
+    defaults = cell_defaults()
+    prepare_dataset(args.dataset, data_dir, steps=steps, action_noise=defaults["dataset_action_noise"],
+                    seed=defaults["dataset_seed"])
     args.dataset_steps = steps
     return data_dir
 

@@ -26,8 +26,8 @@ import torch
 from _common import add_common_arguments, cell_config, ensure_dataset, median, print_table, set_threads
 
 from diffuser import steps
-from diffuser.utils.evaluator import MADEvaluator
-from diffuser.utils.policy import PolicyRunner
+from diffuser.evaluation.evaluator import MADEvaluator
+from diffuser.evaluation.policy import PolicyRunner
 
 POLICIES = (
     ("BC", {"diffusion": "models.BC"}),

@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from diffuser import steps  # noqa: E402
 from diffuser.config import cell_defaults, needs_vae_pretraining, validate_cell_config  # noqa: E402
-from diffuser.utils import trainer as trainer_module  # noqa: E402
-from diffuser.utils.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from diffuser.training import trainer as trainer_module  # noqa: E402
+from diffuser.training.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
 
 MODEL_NAMES = {"DiffusionRL": "models.DiffusionRL", "BC": "models.BC"}
 

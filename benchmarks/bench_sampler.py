@@ -139,7 +139,8 @@ def batches_per_second(draw_batch, n_batches: int) -> float:
 def measure(arrays: dict, metadata: dict, action_horizon: int, repeats: int = REPEATS,
             loader_batches: int = LOADER_BATCHES, sampler_batches: int = SAMPLER_BATCHES) -> tuple[float, float]:
     sampler = VAESequenceDataset(
-        (arrays, metadata), history_horizon=HISTORY_HORIZON, action_horizon=action_horizon, discount=DISCOUNT
+        (arrays, metadata), history_horizon=HISTORY_HORIZON, action_horizon=action_horizon, discount=DISCOUNT,
+        reward_scale=1.0, normalizer="gaussian",
     )
     baseline = PerItemSequenceDataset(arrays, sampler.normalizers, HISTORY_HORIZON, action_horizon)
     assert len(baseline) == len(sampler)

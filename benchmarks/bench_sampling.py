@@ -28,8 +28,8 @@ import torch
 from _common import add_common_arguments, cell_config, ensure_dataset, median, print_table, set_threads
 
 from diffuser import steps
-from diffuser.utils.checkpoint import load_checkpoint
-from diffuser.utils.evaluator import MADEvaluator
+from diffuser.evaluation.evaluator import MADEvaluator
+from diffuser.training.checkpoints import load_checkpoint
 
 # The demo's model size (config/config.yaml); the rest of the config is the schema's defaults.
 DEMO_SIZE = {"vae_latent_dim": 16, "trajectory_latent_dim": 64, "hidden_dim": 256}
@@ -90,7 +90,7 @@ def act_inputs(runner, evaluator: MADEvaluator, metadata: dict) -> tuple[torch.T
     observations, _ = evaluator.envs.reset(seed=[evaluator.seed + i for i in range(evaluator.num_eval)])
     runner.reset(evaluator.num_eval, metadata["obs_dim"], metadata["action_dim"])
     obs = runner.obs_normalizer.normalize(torch.as_tensor(observations, dtype=torch.float32))
-    return obs, runner.history_observations, runner.history_actions, runner.history_mask
+    return obs, *runner.history.tensors()
 
 
 def seconds_per_call(model, inputs, calls: int) -> float:

@@ -6,28 +6,8 @@ import argparse
 import json
 import sys
 
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that describe a user's mistake: shown as one line, without a traceback."""
-    from diffuser.config import ConfigError
-    from diffuser.datasets.errors import DatasetError
-    from diffuser.envs.make import EnvironmentUnavailable
-    from diffuser.reporting import ReportError
-    from diffuser.utils.checkpoint import CheckpointError
-    from diffuser.utils.gpu_pool import GpuPoolError
-    from diffuser.utils.loggers import LoggerUnavailable
-    from diffuser.utils.trainer import TrainingDiverged
-
-    return (
-        ConfigError,
-        DatasetError,
-        EnvironmentUnavailable,
-        CheckpointError,
-        TrainingDiverged,
-        GpuPoolError,
-        LoggerUnavailable,
-        ReportError,
-    )
+from diffuser.config import cell_defaults
+from diffuser.errors import UserError
 
 
 def _cell_config(args) -> dict:
@@ -99,9 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="build data/processed/<dataset>/ from its source")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--steps", type=int, default=100_000, help="steps of a generated dataset")
-    p.add_argument("--action-noise", type=float, default=0.5, help="action noise of a generated maze dataset")
-    p.add_argument("--seed", type=int, default=0, help="seed of a generated dataset")
+    defaults = cell_defaults()
+    p.add_argument("--steps", type=int, default=defaults["dataset_steps"], help="steps of a generated dataset")
+    p.add_argument("--action-noise", type=float, default=defaults["dataset_action_noise"],
+                   help="action noise of a generated maze dataset")
+    p.add_argument("--seed", type=int, default=defaults["dataset_seed"], help="seed of a generated dataset")
     p.add_argument("--data-dir", default="data")
     p.set_defaults(func=cmd_prepare)
 
@@ -147,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
-    except _user_errors() as err:
+    except UserError as err:  # the user's mistake: one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:

@@ -42,16 +42,18 @@ import hashlib
 import importlib.util
 import itertools
 import json
-import netrc
 import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import jsonschema
 import yaml
+
+from diffuser.errors import ConfigError
+from diffuser.registry import MODELS_WITH_VAE, OFFLINE_TRAINER, ONLINE_TRAINER
+from diffuser.training.loggers import LOGGER_PACKAGES, wandb_api_key, wandb_login_problem
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 CELL_SCHEMA_PATH = SCHEMA_DIR / "cell.schema.yaml"
@@ -81,13 +83,6 @@ VAE_KEYS = (
     "normalizer",
     "seed",
 )
-# The package each optional logger of `loggers` needs (diffuser/utils/loggers.py).
-LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "dvclive": "dvclive"}
-WANDB_DEFAULT_URL = "https://api.wandb.ai"
-
-
-class ConfigError(ValueError):
-    """A spec or cell config that cannot run; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -397,10 +392,10 @@ def _cell_problems(config: dict) -> list[str]:
             f"({config['n_diffusion_steps']}); the sampler cannot take more steps than the process has."
         )
     trainer, online = config["trainer"], config["online_training"]
-    if trainer == "utils.Trainer" and online:
-        problems.append("trainer utils.Trainer trains offline only but online_training is true; set trainer: null.")
-    if trainer == "utils.OnlineRLTrainer" and not online:
-        problems.append("trainer utils.OnlineRLTrainer needs online_training: true; set trainer: null.")
+    if trainer == OFFLINE_TRAINER and online:
+        problems.append(f"trainer {OFFLINE_TRAINER} trains offline only but online_training is true; set trainer: null.")
+    if trainer == ONLINE_TRAINER and not online:
+        problems.append(f"trainer {ONLINE_TRAINER} needs online_training: true; set trainer: null.")
     if online and config["diffusion"] == "models.BC":
         problems.append("models.BC has no denoising chain to fine-tune online; set online_training: false or diffusion: models.DiffusionRL.")
     if online and config["rl_warmup_steps"] >= config["n_train_steps"]:
@@ -417,23 +412,6 @@ def _cell_problems(config: dict) -> list[str]:
     if "wandb" in config["loggers"] and config["wandb_project"] and not wandb_api_key():
         problems.append(wandb_login_problem(config["wandb_project"]))
     return problems
-
-
-def wandb_api_key() -> str | None:
-    """The key a `wandb login` (or WANDB_API_KEY) left on this machine, read without wandb or the network."""
-    if os.environ.get("WANDB_API_KEY"):
-        return os.environ["WANDB_API_KEY"]
-    host = urlparse(os.environ.get("WANDB_BASE_URL", WANDB_DEFAULT_URL)).hostname
-    try:
-        auth = netrc.netrc(os.environ.get("NETRC")).authenticators(host)
-    except (OSError, netrc.NetrcParseError):
-        return None
-    return auth[2] if auth else None
-
-
-def wandb_login_problem(project: str) -> str:
-    return (f"wandb_project is {project!r} but no wandb API key is configured on this machine: run `wandb login` "
-            "once outside the job or set WANDB_API_KEY, or unset wandb_project to log offline.")
 
 
 def _expand(constants: dict, variables: dict) -> tuple[list[Cell], list[str]]:
@@ -553,8 +531,6 @@ def save_yaml(data: Mapping, path: str | os.PathLike) -> Path:
 
 
 def needs_vae_pretraining(config: Mapping) -> bool:
-    from diffuser.registry import MODELS_WITH_VAE
-
     return config["diffusion"] in MODELS_WITH_VAE and config["vae_pretrain_steps"] > 0
 
 
@@ -579,8 +555,9 @@ def vae_config(config: Mapping) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m diffuser.config OUT JSON`: write a config given as JSON to OUT as YAML.
 
-    The workflow's config rules run this: a shell job starts in a fraction of the time of a
-    Snakemake `run:` block, which is spawned as a whole new Snakemake process.
+    The workflow's config rules run this, as a shell job whose output goes to the rule's log: a
+    `script:` job prints a KeyboardInterrupt traceback on the console when Ctrl-C lands during
+    Snakemake's script preamble (measured), and a `run:` block is a whole new Snakemake process.
     """
     import sys
 

@@ -34,7 +34,7 @@ def _shown(path: Path) -> str:
 
 
 def _gpu_count() -> int:
-    from diffuser.utils.gpu_pool import pool_ids
+    from diffuser.runtime.gpu_pool import pool_ids
 
     try:
         return len(pool_ids())

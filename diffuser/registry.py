@@ -10,16 +10,16 @@ import difflib
 import importlib
 from collections.abc import Mapping
 
-from diffuser.config import ConfigError
+from diffuser.errors import RegistryError
 
 # name -> (module, attribute)
 CLASSES: dict[str, tuple[str, str]] = {
     "models.DiffusionRL": ("diffuser.models", "DiffusionRL"),
     "models.BC": ("diffuser.models", "BC"),
     "datasets.VAESequenceDataset": ("diffuser.datasets.sequence", "VAESequenceDataset"),
-    "utils.Trainer": ("diffuser.utils.trainer", "Trainer"),
-    "utils.OnlineRLTrainer": ("diffuser.utils.online_trainer", "OnlineRLTrainer"),
-    "utils.MADEvaluator": ("diffuser.utils.evaluator", "MADEvaluator"),
+    "utils.Trainer": ("diffuser.training.trainer", "Trainer"),
+    "utils.OnlineRLTrainer": ("diffuser.training.online.trainer", "OnlineRLTrainer"),
+    "utils.MADEvaluator": ("diffuser.evaluation.evaluator", "MADEvaluator"),
 }
 # The seed's guide names utils.OfflineRLTrainer for online + offline training and calls it
 # offline-only in the same line; it, like a null trainer, means "the trainer the mode needs".
@@ -28,10 +28,6 @@ OFFLINE_TRAINER = "utils.Trainer"
 ONLINE_TRAINER = "utils.OnlineRLTrainer"
 # models that own an ActionVAE, which the pretrain step trains on its own
 MODELS_WITH_VAE = frozenset({"models.DiffusionRL"})
-
-
-class RegistryError(ConfigError):
-    """A class-path name that is not registered, or whose module cannot be imported."""
 
 
 def known_names() -> list[str]:
@@ -64,15 +60,13 @@ def resolve(name: str):
 
 
 def trainer_name(config: Mapping) -> str:
-    """The registered trainer a cell uses: its `trainer`, or for null/utils.OfflineRLTrainer the mode's."""
-    requested, online = config["trainer"], config["online_training"]
-    if requested in MODE_TRAINERS:
-        return ONLINE_TRAINER if online else OFFLINE_TRAINER
-    if requested in (OFFLINE_TRAINER, ONLINE_TRAINER) and (requested == ONLINE_TRAINER) != bool(online):
-        raise ConfigError(
-            f"trainer {requested} does not match online_training: {str(bool(online)).lower()}; set trainer: null."
-        )
-    return requested
+    """The registered trainer a cell uses: its `trainer`, or for null/utils.OfflineRLTrainer the mode's.
+
+    A trainer that contradicts `online_training` never gets here: config validation refuses it.
+    """
+    if config["trainer"] in MODE_TRAINERS:
+        return ONLINE_TRAINER if config["online_training"] else OFFLINE_TRAINER
+    return config["trainer"]
 
 
 def trainer_for(config: Mapping):

@@ -13,10 +13,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from diffuser.utils.checkpoint import load_checkpoint, save_checkpoint
-from diffuser.utils.metrics import MetricsLogger
-from diffuser.utils.progress import progress_bar
-from diffuser.utils.trainer import make_optimizer
+from diffuser.errors import ConfigError
+from diffuser.runtime.seeding import seed_global
+from diffuser.training.checkpoints import load_checkpoint
 
 
 def processed_dir(config: dict, data_dir: str | os.PathLike = "data") -> Path:
@@ -63,48 +62,28 @@ def set_threads(config: dict) -> None:
 
 
 def _claim_device(config: dict):
-    from diffuser.utils.gpu_pool import claim_device
+    from diffuser.runtime.gpu_pool import claim_device
 
     return claim_device(config["device"])
 
 
 def pretrain_vae(config: dict, out: str | os.PathLike, data_dir: str | os.PathLike = "data") -> Path:
-    """Train the ActionVAE alone on (state, action-chunk) pairs; writes `out` and a metrics table beside it."""
+    """Train the model's ActionVAE alone on (state, action-chunk) pairs; writes `out`, and metrics.csv and
+    checkpoints/ beside it (diffuser.training.pretrain)."""
+    from diffuser.registry import MODELS_WITH_VAE, resolve
+    from diffuser.training.pretrain import VAEPretrainer
+
+    if config["diffusion"] not in MODELS_WITH_VAE:
+        raise ConfigError(
+            f"{config['diffusion']} has no action VAE to pre-train; only {', '.join(sorted(MODELS_WITH_VAE))} have one."
+        )
     set_threads(config)
     claim = _claim_device(config)
     device = torch.device(claim.device)
-    torch.manual_seed(config["seed"])
+    seed_global(config["seed"])
     dataset = load_dataset(config, data_dir, device=device)
-    model = build_model(config, dataset.obs_dim, dataset.action_dim).to(device)
-    if not hasattr(model, "vae"):
-        raise ValueError(f"Model {config['diffusion']} has no VAE to pre-train; only models.DiffusionRL has one.")
-    vae = model.vae
-    optimizer = make_optimizer(vae.parameters(), config)
-    generator = torch.Generator(device="cpu").manual_seed(config["seed"])
-    out = Path(out)
-    logger = MetricsLogger(out.with_name("metrics.csv"))
-    sums: dict[str, float] = {}
-    steps = config["vae_pretrain_steps"]
-    try:
-        with progress_bar(total=steps, desc="pretrain_vae") as bar:
-            for step in range(1, steps + 1):
-                batch = dataset.sample(config["batch_size"], generator)
-                total, terms = vae.loss(batch["observations"], batch["actions"])
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                if config["grad_clip"] > 0:
-                    torch.nn.utils.clip_grad_norm_(vae.parameters(), config["grad_clip"])
-                optimizer.step()
-                for name, value in terms.items():
-                    sums[name] = sums.get(name, 0.0) + value.detach().item()
-                bar.update(1)
-                if step % config["log_freq"] == 0 or step == steps:
-                    count = config["log_freq"] if step % config["log_freq"] == 0 else step % config["log_freq"]
-                    logger.log(step, {k: v / count for k, v in sums.items()})
-                    sums = {}
-    finally:
-        logger.close()
-    return save_checkpoint(out, {"vae": vae.state_dict(), "config": config, "steps": steps})
+    vae = resolve(config["diffusion"]).build_vae(dataset.obs_dim, dataset.action_dim, config)
+    return VAEPretrainer(config, dataset, vae, out, device=device).train()
 
 
 def train(
@@ -124,7 +103,7 @@ def train(
     set_threads(config)
     claim = _claim_device(config)
     device = torch.device(claim.device)
-    torch.manual_seed(config["seed"])
+    seed_global(config["seed"])
     dataset = load_dataset(config, data_dir, device=device)
     model = build_model(config, dataset.obs_dim, dataset.action_dim)
     if vae_path is not None and hasattr(model, "vae"):
@@ -218,7 +197,7 @@ def _write_run_info(run_dir: Path, config: dict, claim, **fields) -> None:
 def policy_from_state(state: dict, device="cpu"):
     """A PolicyRunner over the EMA weights of a checkpoint (final.pt or any training checkpoint)."""
     from diffuser.datasets.normalization import normalizer_from_state_dict
-    from diffuser.utils.policy import PolicyRunner
+    from diffuser.evaluation.policy import PolicyRunner
 
     config = state["config"]
     model = build_model(config, state["obs_dim"], state["action_dim"]).to(device)

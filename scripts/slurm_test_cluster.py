@@ -36,6 +36,7 @@ DEFAULT_STATE_DIR = Path(
     os.environ.get("DIFFUSER_SLURM_STATE_DIR", Path(tempfile.gettempdir()) / "diffuser-slurm-test")
 )
 PARTITION = "debug"
+CLUSTER_NAME = "diffusertest"
 NODE_NAME = "localhost"
 APT_PACKAGES = ["slurm-wlm", "munge"]
 MUNGE_KEY = Path("/etc/munge/munge.key")
@@ -147,7 +148,7 @@ def slurm_conf(layout: Layout, hardware: str, controller_port: int, node_port: i
     root = layout.root
     return "\n".join(
         [
-            "ClusterName=diffusertest",
+            f"ClusterName={CLUSTER_NAME}",
             "SlurmctldHost=localhost(127.0.0.1)",
             "SlurmUser=root",
             "SlurmdUser=root",
@@ -237,10 +238,22 @@ def log_tail(path: Path, lines: int = 15) -> str:
         return "(no log written)"
 
 
+def is_stale_test_cluster_link(link: Path) -> bool:
+    """A link left by a test cluster that was killed before `stop`: its target is gone, or it is a
+    test cluster's config (ClusterName=diffusertest) none of whose daemons runs any more."""
+    target = Path(os.readlink(link))
+    if not target.exists():
+        return True
+    if target.name != "slurm.conf" or f"ClusterName={CLUSTER_NAME}" not in target.read_text(errors="replace"):
+        return False
+    return not running_daemons(Layout(root=target.parent))
+
+
 def link_default_conf(layout: Layout) -> None:
     """Make the config visible at SLURM's default path, where the srun inside each job looks."""
-    if DEFAULT_CONF.is_symlink() and not DEFAULT_CONF.exists():
-        DEFAULT_CONF.unlink()  # left by a test cluster that was not stopped
+    if DEFAULT_CONF.is_symlink() and is_stale_test_cluster_link(DEFAULT_CONF):
+        log(f"removing {DEFAULT_CONF}: it was left by a test cluster that is no longer running")
+        DEFAULT_CONF.unlink()
     if DEFAULT_CONF.is_symlink() and DEFAULT_CONF.resolve() == layout.conf:
         return
     if DEFAULT_CONF.exists() or DEFAULT_CONF.is_symlink():

@@ -3,7 +3,7 @@ import pickle
 import pytest
 import torch
 
-from diffuser.utils.checkpoint import (
+from diffuser.training.checkpoints import (
     CheckpointError,
     latest_checkpoint,
     load_checkpoint,
@@ -11,7 +11,7 @@ from diffuser.utils.checkpoint import (
     save_checkpoint,
     step_checkpoint_path,
 )
-from diffuser.utils.metrics import MetricsLogger
+from diffuser.training.metrics import MetricsLogger
 
 
 class _RunsCode:

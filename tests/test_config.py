@@ -276,7 +276,8 @@ def test_only_models_with_a_vae_are_pretrained():
 def test_shipped_specs_are_valid(path):
     loaded = load_spec(ROOT / path)
     assert len(loaded.cells()) >= 2
-    assert {c.config["online_training"] for c in loaded.cells()} == {False, True}
+    if "online_training" in loaded.variables:  # the OGBench specs compare models, offline
+        assert {c.config["online_training"] for c in loaded.cells()} == {False, True}
 
 
 # The seed's guide (shared/seed/): its example spec's keys and values, literally.

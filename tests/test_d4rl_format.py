@@ -7,8 +7,8 @@ import pytest
 
 from diffuser.datasets.d4rl import read_d4rl_hdf5
 from diffuser.datasets.episodes import load_processed
-from diffuser.datasets.errors import DatasetError
 from diffuser.datasets.prepare import prepare_dataset
+from diffuser.errors import DatasetError
 
 HOPPER = "hopper-medium-v2"  # evaluated on Hopper-v5: 11-dim observations, 3-dim actions in [-1, 1]
 

@@ -18,7 +18,7 @@ from diffuser.datasets.episodes import (
     split_episodes,
     validate_arrays,
 )
-from diffuser.datasets.errors import DatasetError
+from diffuser.errors import DatasetError
 
 SOURCE = "data/raw/d4rl/toy.hdf5"
 
@@ -77,7 +77,14 @@ def _validate(arrays, **kwargs):
 def test_valid_arrays_pass_validation():
     arrays = _steps()
     arrays["actions"][0] = [1.0 + ACTION_BOUND_TOLERANCE / 2, -1.0]  # float32 rounding at the bound is fine
+    before = {key: value.copy() for key, value in arrays.items()}
     _validate(arrays, obs_dim=3, action_dim=2)
+    for key, value in before.items():
+        np.testing.assert_array_equal(arrays[key], value, err_msg=f"validation changed `{key}`")
+    # just past the tolerance the same arrays are rejected, so the pass above is not vacuous
+    arrays["actions"][0, 0] = 1.0 + 2 * ACTION_BOUND_TOLERANCE
+    with pytest.raises(DatasetError, match="1 value"):
+        _validate(arrays, obs_dim=3, action_dim=2)
 
 
 def _without(key):
@@ -159,7 +166,8 @@ def _processed(n=20):
 
 def test_save_then_load_round_trips(tmp_path):
     arrays, metadata = _processed()
-    out = save_processed(tmp_path / "processed" / "toy", arrays, metadata)
+    out = save_processed(str(tmp_path / "processed" / "toy"), arrays, metadata)  # a str path works too
+    assert out == tmp_path / "processed" / "toy"
     loaded, loaded_metadata = load_processed(out)
     assert set(loaded) == set(arrays)
     for key, value in arrays.items():

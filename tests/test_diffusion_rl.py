@@ -120,9 +120,16 @@ def test_after_optimizer_step_moves_the_target_q():
 def test_act_returns_bounded_action_chunks(overrides):
     torch.manual_seed(0)
     model = DiffusionRL(OBS_DIM, ACTION_DIM, tiny_config(**overrides))
-    actions = model.act(*act_inputs(synthetic_batch(7)))
+    inputs = act_inputs(synthetic_batch(7))
+    torch.manual_seed(1)
+    actions = model.act(*inputs)
     assert actions.shape == (7, HORIZON, ACTION_DIM)
     assert torch.isfinite(actions).all() and actions.abs().max() <= 1
+    # the chunks are the decoder's output for the latents the policy samples (same noise), one per state
+    torch.manual_seed(1)
+    latents = model.sample_latents(*inputs)
+    torch.testing.assert_close(actions, model.decode_latents(inputs[0], latents))
+    assert not torch.allclose(actions[0], actions[1]), "different states get different chunks"
 
 
 class DistanceQ(torch.nn.Module):
@@ -206,7 +213,7 @@ def test_chain_policy_log_prob_matches_its_sampler_and_has_gradients():
 @pytest.mark.parametrize("kind", ["gru", "transformer"])
 def test_trajectory_encoder_ignores_masked_steps(kind):
     torch.manual_seed(0)
-    encoder = TrajectoryEncoder(OBS_DIM, ACTION_DIM, history_horizon=4, latent_dim=8, kind=kind)
+    encoder = TrajectoryEncoder(OBS_DIM, ACTION_DIM, history_horizon=4, latent_dim=8, kind=kind, use_actions=True)
     observations, actions = torch.randn(6, 4, OBS_DIM), torch.randn(6, 4, ACTION_DIM)
     mask = torch.tensor([[True] * 4, [False, True, True, True], [False, False, True, True],
                          [False, False, False, True], [False] * 4, [True, False, True, False]])

@@ -52,12 +52,24 @@ def test_make_env_seed_makes_starts_reproducible():
 
 
 def test_make_vector_env_steps_every_copy():
-    envs = make_vector_env(env_spec_for_dataset("gen-maze2d-umaze"), 3)
+    metadata = env_spec_for_dataset("gen-maze2d-umaze")
+    envs = make_vector_env(metadata, 3)
     obs, _ = envs.reset(seed=[0, 1, 2])
     assert obs.shape == (3, 6)
-    obs, rewards, *_ = envs.step(np.zeros((3, 2)))
-    assert obs.shape == (3, 6) and rewards.shape == (3,)
+    actions = np.array([[1.0, 0.0], [0.0, -1.0], [-0.5, 0.5]])
+    next_obs, rewards, terminated, truncated, _ = envs.step(actions)
+    assert next_obs.shape == (3, 6) and rewards.shape == (3,)
     assert len({tuple(o[4:]) for o in obs}) > 1, "each copy draws its own goal"
+    # copy i is the environment reset with seed i and given action i
+    for i in range(3):
+        single = make_env(metadata)
+        start, _ = single.reset(seed=i)
+        np.testing.assert_array_equal(obs[i], start)
+        after, reward, single_terminated, single_truncated, _ = single.step(actions[i])
+        np.testing.assert_allclose(next_obs[i], after)
+        assert (rewards[i], terminated[i], truncated[i]) == (reward, single_terminated, single_truncated)
+        assert not np.array_equal(after[:4], start[:4]), "the action moved the point mass"
+        single.close()
     envs.close()
 
 
@@ -65,6 +77,10 @@ def test_locomotion_env_has_box_observations_of_d4rl_size():
     env = make_env(env_spec_for_dataset("hopper-medium-v2"))
     obs, _ = env.reset(seed=0)
     assert obs.shape == (11,) and env.spec.max_episode_steps == 1000
+    assert env.action_space.shape == (3,)
+    # D4RL's hopper observation: joint positions without the x coordinate, then velocities
+    data = env.unwrapped.data
+    np.testing.assert_allclose(obs, np.concatenate([data.qpos[1:], data.qvel]))
     env.close()
 
 

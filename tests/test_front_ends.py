@@ -86,7 +86,7 @@ def test_run_experiment_applies_config_overrides_to_the_spec_it_was_given(tmp_pa
                     "--config", "n_train_steps=300", "variables={seed: [1, 2, 3]}")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "experiment given: 6 cells" in run.stdout  # the spec's experiment, with the overrides
-    assert "results/given/cells/online_training~True/seed~3" in run.stdout + run.stderr
+    assert "train cell online_training~True/seed~3" in run.stdout + run.stderr
     assert "maze2d-umaze-demo" not in run.stdout + run.stderr
 
 
@@ -134,7 +134,7 @@ def test_the_guides_command_on_a_machine_without_a_usable_gpu_says_so_before_any
 
 def test_gpu_request_check_names_what_was_asked_and_what_exists(monkeypatch):
     from diffuser.errors import GpuRequestError
-    from diffuser.utils import gpu_pool
+    from diffuser.runtime import gpu_pool
 
     monkeypatch.setattr(gpu_pool, "machine_gpu_ids", lambda: ["0", "1"])
     gpu_pool.check_gpu_request(["1"])
@@ -220,7 +220,7 @@ def test_a_live_sweep_of_the_same_experiment_is_named_not_unlocked(tmp_path):
         wait_for(lambda: checkpoint_step(run_dir) >= 10, 120, "a checkpoint")
         second = front_end(checkout, "run_experiment.py", "-e", str(spec), "-g", "-1")
         assert second.returncode != 0
-        assert f"another Snakemake (pid " in second.stdout + second.stderr
+        assert "another Snakemake (pid " in second.stdout + second.stderr
         assert sweep.poll() is None and any((checkout / ".snakemake" / "locks").iterdir())
     finally:
         os.killpg(sweep.pid, signal.SIGKILL)

@@ -17,7 +17,7 @@ from conftest import ROOT
 # Claims a device, prints the claim as JSON, then holds it until stdin closes (or `hold` seconds).
 CLAIMER = """
 import json, sys, time
-from diffuser.utils.gpu_pool import GpuPoolError, claim_device
+from diffuser.runtime.gpu_pool import GpuPoolError, claim_device
 requested, timeout, hold = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 started = time.time()
 try:

@@ -9,6 +9,7 @@ group (Ctrl-C in a terminal). No `--unlock` or other manual step in between.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -74,6 +75,10 @@ def _runs_step(process: subprocess.Popen, step: str) -> bool:
     return False
 
 
+def _in_phase(process: subprocess.Popen, step: str, condition, checkout: Path) -> bool:
+    return _runs_step(process, step) and (condition is None or condition(checkout))
+
+
 def _wait(process: subprocess.Popen, predicate, timeout: float = 600) -> bool:
     """True once `predicate()` holds while `process` runs; False when the process ended first."""
     deadline = time.monotonic() + timeout
@@ -100,7 +105,7 @@ def interrupt_then_finish(checkout: Path, command: list[str], signum: int, rng: 
         hit = False
         if phases:
             step, condition = PHASES[phases.pop(0)]
-            hit = _wait(process, lambda: _runs_step(process, step) and (condition is None or condition(checkout)))
+            hit = _wait(process, functools.partial(_in_phase, process, step, condition, checkout))
             if hit:
                 time.sleep(rng.uniform(0.0, 1.5))
                 try:

@@ -14,8 +14,8 @@ import yaml
 from conftest import PYTHON, ROOT, python_env
 
 from diffuser.config import ConfigError, load_cell_config, load_spec
-from diffuser.utils.checkpoint import latest_checkpoint
-from diffuser.utils.loggers import DVCLIVE_DIRNAME, TENSORBOARD_DIRNAME, WANDB_DIRNAME
+from diffuser.training.checkpoints import latest_checkpoint
+from diffuser.training.loggers import DVCLIVE_DIRNAME, TENSORBOARD_DIRNAME, WANDB_DIRNAME
 
 TINY = {
     "dataset": "gen-maze2d-umaze",
@@ -87,6 +87,29 @@ def assert_same_series(mirror: dict, truth: dict, what: str) -> None:
             assert got == pytest.approx(expected, rel=1e-6, abs=1e-12), f"{what}: a value of {name} differs"
 
 
+def test_mirrors_drop_the_steps_a_resumed_run_repeats(tmp_path, tiny_maze_data):
+    """The files a run killed after logging step 60 but before saving it leaves behind, made without a
+    kill: a finished run with its step-60 checkpoint and final.pt removed. Resuming from step 30 logs
+    40, 50 and 60 again; each logger must hold them once. (The real SIGKILL: the slow test below.)"""
+    from diffuser import steps
+
+    config = load_cell_config(write_cell(tmp_path / "cell.yaml", n_train_steps=60, save_freq=30,
+                                         loggers=["csv", "tensorboard", "dvclive"]))
+    run_dir = tmp_path / "run"
+    steps.train(config, run_dir, tiny_maze_data)
+    latest_checkpoint(run_dir / "checkpoints").unlink()
+    (run_dir / "final.pt").unlink()
+    assert latest_checkpoint(run_dir / "checkpoints").stem.endswith("30")
+    assert [step for step, _ in tensorboard_series(run_dir / TENSORBOARD_DIRNAME)["loss"]] == [10, 20, 30, 40, 50, 60]
+
+    steps.train(config, run_dir, tiny_maze_data)
+    truth = csv_series(run_dir)
+    assert [step for step, _ in truth["loss"]] == [10, 20, 30, 40, 50, 60], "metrics.csv: each step once"
+    assert_same_series(tensorboard_series(run_dir / TENSORBOARD_DIRNAME), truth, "TensorBoard")
+    assert_same_series(dvclive_series(run_dir / DVCLIVE_DIRNAME), truth, "DVCLive")
+
+
+@pytest.mark.slow  # ~35 s: two training processes, one killed with SIGKILL after its checkpoint
 def test_mirrors_equal_the_csv_after_a_kill_and_resume(tmp_path, tiny_maze_data):
     # one checkpoint (step 200), then a kill 20 to 180 steps later: wide enough for a busy machine
     cell = write_cell(tmp_path / "cell.yaml", n_train_steps=400, save_freq=200, loggers=["csv", "tensorboard", "dvclive"])
@@ -189,7 +212,7 @@ def test_wandb_logs_offline_the_csv_rows(tmp_path, tiny_maze_data, monkeypatch):
 
 def test_wandb_online_without_a_login_stops_before_any_job(tmp_path, monkeypatch):
     from diffuser.config import cell_defaults
-    from diffuser.utils.loggers import LoggerUnavailable, WandbMirror
+    from diffuser.training.loggers import LoggerUnavailable, WandbMirror
 
     for name in ("WANDB_API_KEY", "WANDB_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
@@ -224,7 +247,7 @@ def test_an_unknown_logger_is_named(tmp_path):
 
 def test_dvclive_cells_are_listed_in_the_repositorys_dvc_yaml_for_dvc_to_show(tmp_path):
     from diffuser.config import cell_defaults
-    from diffuser.utils.loggers import RunLoggers
+    from diffuser.training.loggers import RunLoggers
 
     repository = tmp_path / "repo"
     repository.mkdir()

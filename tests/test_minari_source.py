@@ -12,9 +12,9 @@ minari = pytest.importorskip("minari")
 from minari.data_collector import EpisodeBuffer  # noqa: E402
 
 from diffuser.datasets.episodes import load_processed  # noqa: E402
-from diffuser.datasets.errors import DatasetError  # noqa: E402
 from diffuser.datasets.minari_source import read_minari  # noqa: E402
 from diffuser.datasets.prepare import prepare_dataset  # noqa: E402
+from diffuser.errors import DatasetError  # noqa: E402
 
 gym.register_envs(gymnasium_robotics)
 

@@ -15,8 +15,9 @@ from test_training import TINY
 from diffuser import steps
 from diffuser.config import load_cell_config
 from diffuser.envs.make import EnvironmentUnavailable
-from diffuser.utils.checkpoint import latest_checkpoint, load_checkpoint
-from diffuser.utils.online_trainer import OnlineRLTrainer, collection_steps, gae_advantages
+from diffuser.training.checkpoints import latest_checkpoint, load_checkpoint
+from diffuser.training.online.rollout import collection_steps, gae_advantages
+from diffuser.training.online.trainer import OnlineRLTrainer
 
 ONLINE = {**TINY, "online_training": True, "rl_warmup_steps": 30, "rl_collect_freq": 20, "rl_collect_steps": 7,
           "rl_update_freq": 5, "save_freq": 1000}
@@ -164,4 +165,10 @@ def test_unbuildable_environment_stops_online_training_before_it_starts(tmp_path
     offline = subprocess.run([*cmd, "--run-dir", str(tmp_path / "offline")], env=python_env(), cwd=ROOT,
                              capture_output=True, text=True)
     assert offline.returncode == 0, offline.stderr
-    assert (tmp_path / "offline" / "final.pt").exists()
+    final = load_checkpoint(tmp_path / "offline" / "final.pt")
+    assert final["step"] == 40 and final["config"]["online_training"] is False
+    rows = [line.split(",") for line in (tmp_path / "offline" / "metrics.csv").read_text().splitlines()[1:]]
+    logged = {metric for _, metric, _ in rows}
+    assert {"loss", "diffusion_loss", "value_loss"} <= logged
+    assert not logged & {"env_steps", "policy_loss", "rl_value_loss"}, "offline training logs no RL terms"
+    assert max(int(step) for step, _, _ in rows) == 40

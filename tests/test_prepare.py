@@ -4,6 +4,7 @@ anything is written, and the environment check."""
 
 import json
 import logging
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -12,16 +13,16 @@ from test_d4rl_format import HOPPER, d4rl_steps, write_d4rl_hdf5
 
 from diffuser.datasets import prepare
 from diffuser.datasets.episodes import EPISODES_FILE, METADATA_FILE, load_processed
-from diffuser.datasets.errors import DatasetError
 from diffuser.datasets.prepare import prepare_dataset
 from diffuser.envs.make import EnvironmentUnavailable
 from diffuser.envs.scores import reference_scores
+from diffuser.errors import DatasetError
 
 CONTRACT_FIELDS = {
     "format_version", "name", "source", "source_path", "source_sha256", "env_id", "env_kwargs",
     "max_episode_steps", "observation_keys", "goal_conditioned", "obs_dim", "action_dim", "action_low",
     "action_high", "n_episodes", "n_steps", "partial_last_episode", "ref_min_score", "ref_max_score",
-    "reference_source", "stats", "generation",
+    "reference_source", "score", "stats", "generation", "source_bytes", "source_generation",
 }  # fmt: skip
 
 
@@ -197,6 +198,8 @@ def test_generated_maze_dataset_has_every_contract_field(tmp_path):
         ref_source,
     )
     assert metadata["generation"] == {"steps": 600, "action_noise": 0.5, "seed": 0}
+    assert metadata["score"] == "normalized_return" and metadata["source_generation"] is None
+    assert metadata["source_bytes"] == Path(metadata["source_path"]).stat().st_size
     np.testing.assert_allclose(
         metadata["stats"]["observations"]["mean"],
         arrays["observations"].astype(np.float64).mean(0),

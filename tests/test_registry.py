@@ -2,7 +2,7 @@
 
 import pytest
 
-from diffuser.config import ConfigError, cell_defaults, cell_schema
+from diffuser.config import ConfigError, cell_defaults, cell_schema, validate_cell_config
 from diffuser.registry import (
     CLASSES,
     RegistryError,
@@ -30,14 +30,14 @@ def test_registered_names_resolve_to_the_named_class():
 
 
 def test_trainer_and_evaluator_of_the_seed_resolve():
-    from diffuser.utils.evaluator import MADEvaluator
-    from diffuser.utils.trainer import Trainer
+    from diffuser.evaluation.evaluator import MADEvaluator
+    from diffuser.training.trainer import Trainer
 
     assert resolve("utils.Trainer") is Trainer
     assert resolve("utils.MADEvaluator") is MADEvaluator
 
 
-@pytest.mark.parametrize("name", ["os.system", "diffuser.utils.trainer.Trainer", "models.DifusionRL", ""])
+@pytest.mark.parametrize("name", ["os.system", "diffuser.training.trainer.Trainer", "models.DifusionRL", ""])
 def test_unknown_name_is_refused_with_the_known_names(name):
     with pytest.raises(RegistryError) as caught:
         resolve(name)
@@ -66,9 +66,9 @@ def test_trainer_follows_the_mode(trainer, online, expected):
     assert trainer_name({**cell_defaults(), "trainer": trainer, "online_training": online}) == expected
 
 
-def test_trainer_that_contradicts_the_mode_is_refused():
+def test_trainer_that_contradicts_the_mode_is_refused_by_validation():
     with pytest.raises(ConfigError, match="online_training"):
-        trainer_name({**cell_defaults(), "trainer": "utils.Trainer", "online_training": True})
+        validate_cell_config({**cell_defaults(), "trainer": "utils.Trainer", "online_training": True})
 
 
 def test_offline_rl_trainer_alone_does_not_resolve():
@@ -77,6 +77,6 @@ def test_offline_rl_trainer_alone_does_not_resolve():
 
 
 def test_trainer_for_offline_cell_is_the_offline_trainer():
-    from diffuser.utils.trainer import Trainer
+    from diffuser.training.trainer import Trainer
 
     assert trainer_for({**cell_defaults(), "trainer": "utils.OfflineRLTrainer", "online_training": False}) is Trainer

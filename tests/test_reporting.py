@@ -247,3 +247,39 @@ def test_the_page_holds_the_table_every_figure_and_the_spec(aggregated):
     assert "exp_name: exp" in page[page.index('<pre id="spec">'):]
     assert "rliable" in page and "scipy" in page and "<h2>Cells</h2>" in page
     assert "src=\"http" not in page and "<script" not in page  # nothing to fetch
+
+
+def test_success_rate_scores_are_named_so_in_summary_and_figures(tmp_path):
+    from diffuser.reporting.figures import final_score_label, metric_label
+
+    plain = collect_cells(make_experiment(tmp_path / "plain"), VARIABLES)
+    assert set(summarize(plain, VARIABLES)["score"]) == {"normalized_return"}
+    assert final_score_label(plain) == "Normalized score (final evaluation)"
+
+    exp_dir = make_experiment(tmp_path / "ogbench")
+    for path in exp_dir.rglob("eval.json"):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "score": "success_rate"}))
+    cells = collect_cells(exp_dir, VARIABLES)
+    assert set(summarize(cells, VARIABLES)["score"]) == {"success_rate"}
+    assert final_score_label(cells) == "Success rate, % (final evaluation)"
+    assert metric_label("eval_normalized_score", "success_rate") == "Success rate, % (evaluation)"
+
+
+def test_summary_rows_follow_the_numeric_order_of_a_swept_value(tmp_path):
+    # as text "batch_size=10" sorts before "batch_size=5"; the table follows the values
+    for value, seed, score in [(10, 1, 30.0), (5, 1, 20.0), (10, 2, 32.0), (5, 2, 22.0)]:
+        cell = tmp_path / "cells" / f"batch_size~{value}" / f"seed~{seed}"
+        cell.mkdir(parents=True)
+        (cell / "config.yaml").write_text(yaml.safe_dump({"batch_size": value, "seed": seed}))
+        (cell / "eval.json").write_text(json.dumps({"mean_normalized_score": score, "mean_return": score}))
+    summary = summarize(collect_cells(tmp_path, ["batch_size", "seed"]), ["batch_size", "seed"])
+    assert summary["batch_size"].tolist() == [5, 10]
+    assert summary["mean"].tolist() == [21.0, 31.0]
+
+
+def test_the_cells_table_takes_swept_variables_from_the_cell_paths(tmp_path):
+    make_experiment(tmp_path)
+    cells = collect_cells(tmp_path)  # no variables given: the paths name them, config.yaml types them
+    pairs = sorted(zip(cells["online_training"], cells["seed"], strict=True))
+    assert pairs == sorted((online, seed) for online, by_seed in SCORES.items() for seed in by_seed)
+    assert cells["online_training"].map(type).eq(bool).all()

@@ -11,11 +11,11 @@ import time
 
 import pytest
 from conftest import PYTHON, ROOT, python_env
-from test_training import TINY, write_cell
+from test_training import write_cell
 
 from diffuser import steps
 from diffuser.config import load_cell_config
-from diffuser.utils.trainer import Trainer
+from diffuser.training.trainer import Trainer
 
 
 def status(run_dir) -> dict:

@@ -97,7 +97,7 @@ def reference_item(arrays, dataset, t: int) -> dict:
 
 
 def make_dataset(source=None, **kwargs) -> VAESequenceDataset:
-    options = {"history_horizon": 3, "action_horizon": 2, "discount": 0.9, "reward_scale": 2.0} | kwargs
+    options = {"history_horizon": 3, "action_horizon": 2, "discount": 0.9, "reward_scale": 2.0, "normalizer": "gaussian"} | kwargs
     return VAESequenceDataset(source if source is not None else synthetic(), **options)
 
 
@@ -218,3 +218,8 @@ def test_a_processed_directory_gives_the_same_batches(tmp_path):
 def test_an_action_horizon_longer_than_every_episode_is_rejected():
     with pytest.raises(ValueError, match="lower `action_horizon`"):
         make_dataset(synthetic(lengths=[1, 3, 2], endings=["terminal"] * 3), action_horizon=4)
+
+
+def test_a_source_of_another_type_is_a_clear_error():
+    with pytest.raises(TypeError, match=r"directory or an \(arrays, metadata\) tuple, not dict"):
+        make_dataset({"arrays": {}, "metadata": {}}, history_horizon=1, action_horizon=1)

@@ -10,8 +10,8 @@ import yaml
 from conftest import PYTHON, ROOT, python_env
 
 from diffuser.config import load_cell_config
-from diffuser.utils.checkpoint import latest_checkpoint, load_checkpoint
-from diffuser.utils.trainer import TrainingDiverged
+from diffuser.training.checkpoints import latest_checkpoint, load_checkpoint
+from diffuser.training.trainer import TrainingDiverged
 
 TINY = {
     "dataset": "gen-maze2d-umaze",
@@ -110,7 +110,8 @@ def test_cli_reports_a_config_typo_in_one_line(tmp_path):
     assert "vae_latnt_dim" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_resume_extends_a_run_but_a_changed_setting_starts_over_keeping_the_old_checkpoints(tmp_path, tiny_maze_data):
+def test_resume_extends_a_run_but_a_changed_setting_starts_over_keeping_the_old_checkpoints(tmp_path, tiny_maze_data,
+                                                                                           capsys):
     from diffuser import steps
 
     run_dir = tmp_path / "run"
@@ -126,7 +127,10 @@ def test_resume_extends_a_run_but_a_changed_setting_starts_over_keeping_the_old_
 
     changed = load_cell_config(write_cell(tmp_path / "changed.yaml", n_train_steps=60, save_freq=20,
                                           lr_schedule="constant", learning_rate=5e-4))
+    capsys.readouterr()
     steps.train(changed, run_dir, tiny_maze_data)
+    warning = capsys.readouterr().err
+    assert "learning_rate" in warning and "training starts over" in warning
     replaced = list(run_dir.glob("checkpoints.replaced-*"))
     assert len(replaced) == 1 and latest_checkpoint(replaced[0]).name == "state_00000060.pt"
     assert load_checkpoint(run_dir / "final.pt")["config"]["learning_rate"] == 5e-4

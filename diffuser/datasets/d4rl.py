@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from diffuser.datasets.episodes import check_equal_lengths, split_episodes
-from diffuser.datasets.errors import DatasetError
+from diffuser.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

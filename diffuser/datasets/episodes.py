@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffuser.datasets.errors import DatasetError
+from diffuser.errors import DatasetError
 
 FORMAT_VERSION = 1
 EPISODES_FILE = "episodes.npz"

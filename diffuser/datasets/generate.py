@@ -18,7 +18,8 @@ import numpy as np
 from diffuser.envs.make import make_env
 from diffuser.envs.maze_controller import MazeWaypointController
 from diffuser.envs.specs import LOCOMOTION_ENV_IDS, MAZE_ENV_IDS, locomotion_spec, maze_spec
-from diffuser.utils.progress import progress_bar
+from diffuser.runtime.progress import progress_bar
+from diffuser.runtime.seeding import numpy_generator
 
 _PROGRESS_EVERY = 1000  # steps between progress-bar updates
 
@@ -38,7 +39,7 @@ def _write_hdf5_atomic(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -
 
 
 def generate_maze2d_hdf5(
-    path: str | os.PathLike, maze: str, n_steps: int = 100_000, action_noise: float = 0.5, seed: int = 0
+    path: str | os.PathLike, maze: str, n_steps: int, action_noise: float, seed: int
 ) -> dict:
     """D4RL's maze2d recipe on gymnasium-robotics' PointMaze; returns the generation settings.
 
@@ -64,7 +65,7 @@ def generate_maze2d_hdf5(
     # Unwrapped: no time limit (the stream runs on) and no per-step wrapper overhead.
     env = make_env({**spec, "env_kwargs": generation_kwargs, "observation_keys": None}).unwrapped
     controller = MazeWaypointController(env.maze)
-    noise = np.random.default_rng(seed).normal(0.0, action_noise, size=(n_steps, 2))
+    noise = numpy_generator(seed).normal(0.0, action_noise, size=(n_steps, 2))
 
     observations = np.zeros((n_steps, 6), dtype=np.float32)
     next_observations = np.zeros((n_steps, 6), dtype=np.float32)
@@ -117,7 +118,7 @@ def generate_maze2d_hdf5(
     return settings
 
 
-def generate_locomotion_hdf5(path: str | os.PathLike, env_name: str, n_steps: int, seed: int = 0) -> dict:
+def generate_locomotion_hdf5(path: str | os.PathLike, env_name: str, n_steps: int, seed: int) -> dict:
     """Uniform random actions on the MuJoCo v5 `env_name` ('hopper', 'halfcheetah' or 'walker2d').
 
     Episodes reset when they terminate (the body fell) or reach the 1000-step limit. As in D4RL,
@@ -132,7 +133,7 @@ def generate_locomotion_hdf5(path: str | os.PathLike, env_name: str, n_steps: in
     env = make_env(spec)
     data = env.unwrapped.data
     obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    rng = np.random.default_rng(seed)
+    rng = numpy_generator(seed)
     actions = rng.uniform(env.action_space.low, env.action_space.high, size=(n_steps, action_dim)).astype(
         np.float32
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffuser.datasets.errors import DatasetError
+from diffuser.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffuser.datasets.errors import DatasetError
+from diffuser.errors import DatasetError
 
 # A dimension whose spread is below this is constant in the data: it gets scale 1 instead, so it
 # maps to 0 and a value that differs from it at evaluation is not blown up by a division by ~0.
@@ -140,7 +140,7 @@ def _action_bounds(metadata: dict) -> tuple[np.ndarray, np.ndarray]:
     return low, high
 
 
-def make_normalizers(metadata: dict, kind: str = "gaussian") -> dict:
+def make_normalizers(metadata: dict, kind: str) -> dict:
     """{"observations": kind fitted to the stats, "actions": min-max from the action bounds}."""
     if kind == "gaussian":
         observations = GaussianNormalizer(

@@ -6,8 +6,13 @@ Dataset names (docs/INTERFACES.md):
   generation settings (`gen-maze2d-umaze-100000steps-noise0.5-seed0`), so datasets made with
   other settings live side by side and never rebuild each other;
 - `minari:<dataset id>`: a dataset in the local Minari store (never downloaded);
+- `ogbench:<single-task name>`: the user's official OGBench file where OGBench keeps it
+  (`ogbench_source.official_dirs`), else generated with the package's oracles into
+  `data/raw/generated/ogbench/<file>-<steps>steps-seed<seed>/<OGBench file name>`; read with the
+  package's loader and relabelling. Its key names the generation settings too
+  (`ogbench:cube-single-play-singletask-v0-100000steps-seed0`), also when an official file is read;
 - a D4RL name (`hopper-medium-v2`, `maze2d-umaze-v1`), read from `data/raw/d4rl/<name>.hdf5`.
-For the last two the key is the name itself. `dataset_name_problem` checks a name before any job.
+For Minari and D4RL names the key is the name itself. `dataset_name_problem` checks a name before any job.
 
 Preparing is idempotent: an existing processed dataset built from the same source (same kind,
 generation settings and source sha256) is returned as is; otherwise it is rebuilt, and the
@@ -37,12 +42,21 @@ from diffuser.datasets.episodes import (
     split_episodes,
     validate_arrays,
 )
-from diffuser.datasets.errors import DatasetError
 from diffuser.datasets.generate import generate_locomotion_hdf5, generate_maze2d_hdf5
 from diffuser.datasets.minari_source import minari_dataset_dir, read_minari
+from diffuser.datasets.ogbench_generate import generate_ogbench_dataset, read_generation_settings
+from diffuser.datasets.ogbench_source import find_official_file, official_dirs, read_ogbench
 from diffuser.envs.make import EnvironmentUnavailable, make_env
-from diffuser.envs.scores import reference_scores
+from diffuser.envs.ogbench_tasks import PREFIX as OGBENCH_PREFIX
+from diffuser.envs.ogbench_tasks import parse_task
+from diffuser.envs.scores import (
+    NORMALIZED_RETURN_SCORE,
+    SUCCESS_RATE_SCORE,
+    SUCCESS_RATE_SOURCE,
+    reference_scores,
+)
 from diffuser.envs.specs import LOCOMOTION_ENV_IDS, MAZE_ENV_IDS, env_spec_for_dataset
+from diffuser.errors import ConfigError, DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +72,15 @@ _HASH_CHUNK = 1 << 20
 class Source:
     """Where a dataset's steps come from."""
 
-    kind: str  # "generated" | "d4rl" | "minari"
-    path: Path  # the HDF5 file, or the Minari dataset's directory
+    kind: str  # "generated" | "d4rl" | "minari" | "ogbench" (a user's official OGBench file)
+    path: Path  # the HDF5 or OGBench .npz file, or the Minari dataset's directory
     generation: dict | None  # generation settings of a generated dataset, else None
 
 
 def dataset_name_problem(name: str) -> str | None:
     """Why `name` cannot be a dataset (one sentence), or None when it can.
 
-    A name is a generated or D4RL name whose evaluation task is known, or `minari:<id>`; every
+    A name is a generated, D4RL or `ogbench:` name whose evaluation task is known, or `minari:<id>`; every
     part of it between slashes is plain (letters, digits, `_.:+-`, not `.` or `..`), so no name
     makes a path that leaves data/.
     """
@@ -82,7 +96,7 @@ def dataset_name_problem(name: str) -> str | None:
         return f"dataset {name!r}: only a minari:<id> name may contain /."
     try:
         env_spec_for_dataset(name)
-    except EnvironmentUnavailable as error:
+    except (EnvironmentUnavailable, DatasetError) as error:  # an unknown or unsupported ogbench: name
         return str(error)
     return None
 
@@ -91,7 +105,7 @@ def dataset_key(name: str, steps: int, action_noise: float, seed: int) -> str:
     """The directory name of a dataset under data/processed/ (and of a generated one's raw file)."""
     if GENERATED_MAZE.fullmatch(name):
         return f"{name}-{steps}steps-noise{float(action_noise)!r}-seed{seed}"
-    if GENERATED_LOCOMOTION.fullmatch(name):
+    if GENERATED_LOCOMOTION.fullmatch(name) or name.startswith(OGBENCH_PREFIX):
         return f"{name}-{steps}steps-seed{seed}"
     return name
 
@@ -109,19 +123,34 @@ def processed_path(key: str, data_dir: str | os.PathLike = "data") -> Path:
 
 
 def resolve_source(
-    name: str, data_dir: str | os.PathLike, steps: int, action_noise: float, seed: int
+    name: str, data_dir: str | os.PathLike, steps: int | None, action_noise: float | None, seed: int | None
 ) -> Source:
+    """The source of dataset `name`; `steps`, `action_noise` and `seed` set a generated one (the cell keys
+    dataset_steps, dataset_action_noise, dataset_seed) and are not read for the others."""
     raw = Path(data_dir) / "raw"
-    key = dataset_key(name, steps, action_noise, seed)
-    if GENERATED_MAZE.fullmatch(name):
-        generation = {"steps": steps, "action_noise": action_noise, "seed": seed}
-        return Source("generated", raw / "generated" / f"{key}.hdf5", generation)
-    if GENERATED_LOCOMOTION.fullmatch(name):
+    maze = GENERATED_MAZE.fullmatch(name)
+    if maze or GENERATED_LOCOMOTION.fullmatch(name):
         # Random-policy data has no action noise to set.
-        generation = {"steps": steps, "action_noise": None, "seed": seed}
-        return Source("generated", raw / "generated" / f"{key}.hdf5", generation)
+        generation = {"steps": steps, "action_noise": action_noise if maze else None, "seed": seed}
+        missing = [key for key, value in generation.items() if value is None and (maze or key != "action_noise")]
+        if missing:
+            raise ConfigError(
+                f"dataset {name} is generated: give its {', '.join(missing)} (the cell keys dataset_steps, "
+                "dataset_action_noise, dataset_seed; `python -m diffuser prepare` takes their schema defaults)."
+            )
+        return Source("generated", raw / "generated" / f"{dataset_key(name, steps, action_noise, seed)}.hdf5", generation)
     if name.startswith(MINARI_PREFIX):
         return Source("minari", minari_dataset_dir(name[len(MINARI_PREFIX) :]), None)
+    if name.startswith(OGBENCH_PREFIX):
+        task = parse_task(name)
+        official = find_official_file(task, data_dir)
+        if official is not None:
+            return Source("ogbench", official, None)
+        # OGBench's recipe fixes the noise; only the size and the seed are settings. The file keeps
+        # OGBench's name (its loader finds `-val.npz` by it); the five tasks of an env share it.
+        generation = {"steps": steps, "action_noise": None, "seed": seed}
+        directory = f"{Path(task.dataset_file).stem}-{steps}steps-seed{seed}"
+        return Source("generated", raw / "generated" / "ogbench" / directory / task.dataset_file, generation)
     return Source("d4rl", raw / "d4rl" / f"{name}.hdf5", None)
 
 
@@ -163,6 +192,9 @@ def _stale_reason(out: Path, name: str, source: Source) -> str | None:
 
 def _generated_file_matches(path: Path, generation: dict) -> bool:
     """Whether the raw file at `path` was generated with these settings (read from its attributes)."""
+    if path.suffix == ".npz":
+        attrs = read_generation_settings(path) or {}
+        return all(value is None or attrs.get(key) == value for key, value in generation.items())
     try:
         with h5py.File(path, "r") as file:
             attrs = dict(file.attrs)
@@ -172,14 +204,22 @@ def _generated_file_matches(path: Path, generation: dict) -> bool:
     return all(value is None or attrs.get(key) == value for key, value in generation.items())
 
 
-def _generate(name: str, source: Source, force: bool) -> None:
+def _generate(name: str, source: Source, force: bool, data_dir: str | os.PathLike) -> None:
     settings = source.generation
     if not force and source.path.exists():
         if _generated_file_matches(source.path, settings):
             return
         logger.warning("regenerating %s: it was generated with settings other than %s", source.path, settings)
     logger.info("generating %s (%s)", source.path, settings)
-    if maze := GENERATED_MAZE.fullmatch(name):
+    if name.startswith(OGBENCH_PREFIX):
+        task = parse_task(name)
+        searched = ", ".join(str(directory) for directory in official_dirs(data_dir))
+        logger.warning(
+            "%s: no official %s in %s; generating %d steps with OGBench's oracles (%s recipe, seed %d)",
+            name, task.dataset_file, searched, settings["steps"], task.kind, settings["seed"],
+        )
+        generate_ogbench_dataset(source.path, task, n_steps=settings["steps"], seed=settings["seed"])
+    elif maze := GENERATED_MAZE.fullmatch(name):
         generate_maze2d_hdf5(
             source.path,
             maze[1],
@@ -209,6 +249,17 @@ def _read_source(name: str, source: Source) -> tuple[dict[str, np.ndarray], dict
         return arrays, info
     # Resolve the evaluation task before reading: an unknown name fails before a long read.
     spec = env_spec_for_dataset(name)
+    if name.startswith(OGBENCH_PREFIX):
+        info = {
+            **spec,
+            "action_low": None,
+            "action_high": None,
+            "ref_min_score": None,
+            "ref_max_score": None,
+            "reference_source": SUCCESS_RATE_SOURCE,
+            "score": SUCCESS_RATE_SCORE,
+        }
+        return read_ogbench(source.path, parse_task(name)), info
     ref_min, ref_max, reference_source = reference_scores(name)
     arrays = read_d4rl_hdf5(source.path)
     info = {
@@ -267,26 +318,39 @@ def _metadata(name: str, source: Source, arrays: dict, info: dict, starts: np.nd
         "n_steps": n_steps,
         # "kept" when the data stops mid-episode: that last episode's final transition is a cut.
         "partial_last_episode": "none" if arrays["terminals"][-1] or arrays["timeouts"][-1] else "kept",
-        "ref_min_score": float(info["ref_min_score"]),
-        "ref_max_score": float(info["ref_max_score"]),
+        "ref_min_score": _float_or_none(info["ref_min_score"]),
+        "ref_max_score": _float_or_none(info["ref_max_score"]),
         "reference_source": info["reference_source"],
+        "score": info.get("score", NORMALIZED_RETURN_SCORE),
         "stats": compute_stats(arrays),
         "generation": source.generation,
+        "source_bytes": _source_bytes(source.path),
+        # what a generated OGBench file records of its recipe (policy, noise, episodes, package version)
+        "source_generation": read_generation_settings(source.path) if source.path.suffix == ".npz" else None,
     }
+
+
+def _float_or_none(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def _source_bytes(path: Path) -> int:
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    return sum(file.stat().st_size for file in files)
 
 
 def prepare_dataset(
     name: str,
     data_dir: str | os.PathLike = "data",
     *,
-    steps: int = 100_000,
-    action_noise: float = 0.5,
-    seed: int = 0,
+    steps: int | None = None,
+    action_noise: float | None = None,
+    seed: int | None = None,
     force: bool = False,
 ) -> Path:
     """Build `<data_dir>/processed/<key>/` (episodes.npz + metadata.json) from the dataset's source.
 
-    `steps`, `action_noise` and `seed` set a generated dataset (ignored for D4RL and Minari ones).
+    `steps`, `action_noise` and `seed` set a generated dataset (required there, unused for D4RL and Minari ones).
     Returns at once when the processed dataset is up to date; `force` rebuilds it (and regenerates
     a generated source). The steps are validated before anything is written: against the
     evaluation env's observation/action dimensions and action bounds where the env can be built
@@ -306,7 +370,7 @@ def prepare_dataset(
             logger.warning("rebuilding %s: %s", out, reason)
 
     if source.kind == "generated":
-        _generate(name, source, force)
+        _generate(name, source, force, data_dir)
     arrays, info = _read_source(name, source)
 
     obs_dim = action_dim = None

@@ -58,9 +58,9 @@ class VAESequenceDataset:
         *,
         history_horizon: int,
         action_horizon: int,
-        discount: float = 0.99,
-        reward_scale: float = 1.0,
-        normalizer: str = "gaussian",
+        discount: float,
+        reward_scale: float,
+        normalizer: str,
         device="cpu",
     ):
         if history_horizon < 0 or action_horizon < 1:

@@ -17,6 +17,7 @@ import numpy as np
 from diffuser.envs.make import make_vector_env
 from diffuser.envs.maze_controller import MazeWaypointController
 from diffuser.envs.specs import MAZE_ENV_IDS, env_spec_for_dataset
+from diffuser.runtime.seeding import evaluation_reset_seeds, numpy_generator
 
 Policy = Callable[[np.ndarray], np.ndarray]  # flat observations [N, obs_dim] -> actions [N, action_dim]
 
@@ -30,7 +31,7 @@ def run_episodes(
     success (its return then counts only the steps up to it).
     """
     n = envs.num_envs
-    obs, _ = envs.reset(seed=[seed + i for i in range(n)])
+    obs, _ = envs.reset(seed=evaluation_reset_seeds(seed, n))
     returns = np.zeros(n)
     successes = np.zeros(n, dtype=bool)
     alive = np.ones(n, dtype=bool)
@@ -45,7 +46,7 @@ def run_episodes(
 
 
 def random_policy(action_low: np.ndarray, action_high: np.ndarray, seed: int) -> Policy:
-    rng = np.random.default_rng(seed)
+    rng = numpy_generator(seed)
     return lambda obs: rng.uniform(action_low, action_high, size=(len(obs), len(action_low)))
 
 
@@ -53,7 +54,7 @@ def maze_controller_policy(envs, action_noise: float = 0.0, seed: int = 0) -> Po
     """The waypoint controller on flat maze observations (x, y, vx, vy, goal x, goal y), plus
     N(0, action_noise^2) noise, clipped to the action bounds like the data's behaviour policy."""
     controller = MazeWaypointController.for_env(envs.envs[0])
-    rng = np.random.default_rng(seed)
+    rng = numpy_generator(seed)
 
     def act(obs: np.ndarray) -> np.ndarray:
         action = controller(obs[:, :4], obs[:, 4:6])

@@ -8,12 +8,13 @@ import io
 import gymnasium as gym
 import numpy as np
 
-# Env ids that gymnasium-robotics registers when imported; everything else used here is gymnasium's own.
+from diffuser.envs.ogbench_tasks import INSTALL_HINT as OGBENCH_INSTALL_HINT
+from diffuser.envs.ogbench_tasks import is_ogbench_env_id
+from diffuser.errors import EnvironmentUnavailable
+
+# Env ids that gymnasium-robotics registers when imported; OGBench's are registered by `ogbench`
+# (ogbench_tasks.py), everything else used here is gymnasium's own.
 _ROBOTICS_ENV_PREFIXES = ("PointMaze_", "AntMaze_")
-
-
-class EnvironmentUnavailable(RuntimeError):
-    """The environment a dataset is evaluated on cannot be built here (unknown id or missing package)."""
 
 
 class FlattenDictObservation(gym.ObservationWrapper):
@@ -46,6 +47,8 @@ class FlattenDictObservation(gym.ObservationWrapper):
 def _install_hint(env_id: str) -> str:
     if env_id.startswith(_ROBOTICS_ENV_PREFIXES):
         return "pip install gymnasium-robotics"
+    if is_ogbench_env_id(env_id):
+        return OGBENCH_INSTALL_HINT
     return "pip install 'gymnasium[mujoco]' (or the package that registers this environment)"
 
 
@@ -62,10 +65,23 @@ def _ensure_registered(env_id: str) -> None:
                 f"Environment {env_id} needs the package gymnasium-robotics, which is not installed; run `{_install_hint(env_id)}`."
             ) from error
         gym.register_envs(gymnasium_robotics)
+    if is_ogbench_env_id(env_id):
+        import_ogbench()
     if env_id not in gym.registry:
         raise EnvironmentUnavailable(
             f"Environment {env_id} (metadata field `env_id`) is not registered with gymnasium; check the id or run `{_install_hint(env_id)}`."
         )
+
+
+def import_ogbench():
+    """The `ogbench` package (importing it registers its environments); one clear line if it is missing."""
+    try:
+        import ogbench
+    except ImportError as error:
+        raise EnvironmentUnavailable(
+            f"OGBench tasks need the package ogbench, which is not installed; run `{OGBENCH_INSTALL_HINT}`."
+        ) from error
+    return ogbench
 
 
 def make_env(metadata: dict, seed: int | None = None) -> gym.Env:

@@ -1,4 +1,11 @@
-"""The one table of reference scores, and the normalized score 100 * (R - ref_min) / (ref_max - ref_min).
+"""The one table of reference scores, and the score a dataset's policies are reported by.
+
+A dataset's metadata names its score (`score`): `normalized_return`, 100 * (R - ref_min) /
+(ref_max - ref_min), for every dataset but OGBench's; `success_rate` for OGBench's single-task
+datasets, where an episode scores 100 if it solved the task and 0 otherwise, so the mean is the
+success rate in percent, OGBench's headline number (their returns count steps to success and have
+no reference values). Both are reported under the same names (`normalized_scores`,
+`mean_normalized_score`), so tables and figures compare like with like.
 
 D4RL's scores are copied from D4RL's `d4rl/infos.py` (REF_MIN_SCORE / REF_MAX_SCORE): a random
 policy and an expert per task; the locomotion values are the same for every dataset of an
@@ -21,6 +28,9 @@ import numpy as np
 from diffuser.envs.make import EnvironmentUnavailable
 from diffuser.envs.specs import locomotion_env_name
 
+NORMALIZED_RETURN_SCORE = "normalized_return"
+SUCCESS_RATE_SCORE = "success_rate"
+SUCCESS_RATE_SOURCE = "none: OGBench tasks are scored by success rate in percent (an episode scores 100 on success, else 0)"
 D4RL_SOURCE = "D4RL d4rl/infos.py REF_MIN_SCORE/REF_MAX_SCORE"
 GENERATED_MAZE_SOURCE = (
     "diffuser.envs.compute_reference_scores: uniform random policy / noiseless waypoint controller, "
@@ -65,3 +75,11 @@ def normalized_score(returns, ref_min: float, ref_max: float):
     """100 * (R - ref_min) / (ref_max - ref_min): 0 is the random policy, 100 the reference expert.
     Works on a float or an array of returns."""
     return 100.0 * (np.asarray(returns, dtype=np.float64) - ref_min) / (ref_max - ref_min)
+
+
+def episode_scores(returns, successes, metadata: dict) -> np.ndarray:
+    """The score of each episode by the dataset's `score` (module docstring): 100 * success for
+    `success_rate`, else the normalized return."""
+    if metadata.get("score", NORMALIZED_RETURN_SCORE) == SUCCESS_RATE_SCORE:
+        return 100.0 * np.asarray(successes, dtype=np.float64)
+    return normalized_score(returns, metadata["ref_min_score"], metadata["ref_max_score"])

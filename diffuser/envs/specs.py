@@ -15,13 +15,19 @@ The spec is what `prepare_dataset` writes into a processed dataset's metadata an
   is drawn anew at every reset, where D4RL's evaluation goal is fixed. A policy trained on D4RL's
   maze2d files therefore does not transfer as is; the spec keeps D4RL's 4-dim observation (no goal)
   so the dimensions match.
+- `ogbench:<name>` (diffuser.envs.ogbench_tasks): OGBench's single-task environment of that name, with
+  its registered episode length; its observations are a flat state vector, its actions in [-1, 1].
 """
 
 from __future__ import annotations
 
 import re
 
-from diffuser.envs.make import EnvironmentUnavailable
+import gymnasium as gym
+
+from diffuser.envs.make import EnvironmentUnavailable, import_ogbench
+from diffuser.envs.ogbench_tasks import PREFIX as OGBENCH_PREFIX
+from diffuser.envs.ogbench_tasks import OGBenchTask, parse_task
 
 MAZE_ENV_IDS = {"umaze": "PointMaze_UMaze-v3", "medium": "PointMaze_Medium-v3", "large": "PointMaze_Large-v3"}
 MAZE_EPISODE_STEPS = {"umaze": 300, "medium": 600, "large": 800}
@@ -54,6 +60,17 @@ def locomotion_spec(env_name: str) -> dict:
     }
 
 
+def ogbench_spec(task: OGBenchTask) -> dict:
+    import_ogbench()
+    return {
+        "env_id": task.env_id,
+        "env_kwargs": {},
+        "max_episode_steps": int(gym.spec(task.env_id).max_episode_steps),
+        "observation_keys": None,
+        "goal_conditioned": False,
+    }
+
+
 def locomotion_env_name(dataset_name: str) -> str | None:
     """'hopper', 'halfcheetah' or 'walker2d' for a generated or D4RL locomotion dataset, else None."""
     for pattern in (_GENERATED_LOCOMOTION, _D4RL_LOCOMOTION):
@@ -71,8 +88,10 @@ def env_spec_for_dataset(name: str) -> dict:
         return locomotion_spec(env_name)
     if match := _D4RL_MAZE.fullmatch(name):
         return maze_spec(match[1], ["observation"], goal_conditioned=False)
+    if name.startswith(OGBENCH_PREFIX):
+        return ogbench_spec(parse_task(name))
     raise EnvironmentUnavailable(
         f"No evaluation environment is known for dataset '{name}' (config key `dataset`); use "
         "gen-maze2d-{umaze,medium,large}, gen-{hopper,halfcheetah,walker2d}-random, a D4RL maze2d-*-v1 or "
-        "{hopper,halfcheetah,walker2d}-*-v2 name, or a Minari dataset as minari:<id>."
+        "{hopper,halfcheetah,walker2d}-*-v2 name, a Minari dataset as minari:<id>, or an OGBench task as ogbench:<name>."
     )

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from diffuser.models.denoisers import mlp
+from diffuser.models.settings import Settings
 
 HIDDEN_LAYERS = 3
 
 
+@dataclass(frozen=True)
+class BCConfig(Settings):
+    action_horizon: int
+    hidden_dim: int
+
+
 class BC(nn.Module):
-    def __init__(self, obs_dim: int, action_dim: int, config: dict):
+    def __init__(self, obs_dim: int, action_dim: int, config: BCConfig | dict):
+        """`config`: the typed view, or a cell config it is read from."""
         super().__init__()
-        self.action_horizon = config["action_horizon"]
+        cfg = BCConfig.view(config)
+        self.action_horizon = cfg.action_horizon
         self.action_dim = action_dim
-        self.network = mlp(obs_dim, config["hidden_dim"], self.action_horizon * action_dim, HIDDEN_LAYERS,
+        self.network = mlp(obs_dim, cfg.hidden_dim, self.action_horizon * action_dim, HIDDEN_LAYERS,
                            activation=nn.ReLU)
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:

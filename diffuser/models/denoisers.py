@@ -58,7 +58,7 @@ class ResidualBlock(nn.Module):
 class LatentDenoiser(nn.Module):
     """Maps a noisy latent z^j, the timestep j and a condition vector to the diffusion's prediction target."""
 
-    def __init__(self, latent_dim: int, cond_dim: int, hidden_dim: int = 256, n_blocks: int = 3):
+    def __init__(self, latent_dim: int, cond_dim: int, hidden_dim: int, n_blocks: int):
         super().__init__()
         self.latent_dim = latent_dim
         self.embedding = nn.Sequential(

@@ -55,7 +55,7 @@ BETA_SCHEDULES = {"cosine": cosine_beta_schedule, "linear": linear_beta_schedule
 
 
 class GaussianDiffusion(nn.Module):
-    def __init__(self, n_diffusion_steps: int, beta_schedule: str = "cosine", prediction: str = "epsilon"):
+    def __init__(self, n_diffusion_steps: int, beta_schedule: str, prediction: str = "epsilon"):
         super().__init__()
         if prediction not in PREDICTIONS:
             raise ValueError(f"Unknown prediction {prediction!r}; use one of {PREDICTIONS}.")

@@ -24,6 +24,8 @@ reaching it, seed 0: UMaze 0.90 / 0.97, BC 0.96).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -31,6 +33,7 @@ from diffuser.models.critics import IQLCritic
 from diffuser.models.denoisers import LatentDenoiser
 from diffuser.models.diffusion import GaussianDiffusion
 from diffuser.models.encoders import TrajectoryEncoder
+from diffuser.models.settings import Settings
 from diffuser.models.vae import ActionVAE
 
 # The chain policy used for policy-gradient fine-tuning injects the DDPM posterior noise (eta = 1),
@@ -51,36 +54,72 @@ CHAIN_LOG_STD_RANGE = (0.0, 2.0)
 MAX_ADVANTAGE_WEIGHT = 100.0
 
 
+@dataclass(frozen=True)
+class DiffusionRLConfig(Settings):
+    # the action VAE
+    action_horizon: int
+    vae_latent_dim: int
+    hidden_dim: int
+    vae_kl_weight: float
+    vae_weight: float
+    # the trajectory encoder
+    history_horizon: int
+    trajectory_latent_dim: int
+    encoder_type: str
+    history_actions: bool
+    # the latent diffusion and how it acts
+    denoiser_blocks: int
+    n_diffusion_steps: int
+    beta_schedule: str
+    n_sampling_steps: int
+    sampler: str
+    ddim_eta: float
+    sampling_temperature: float
+    clip_denoised: bool
+    min_policy_std: float
+    # the critic
+    use_value_function: bool
+    n_action_samples: int
+    advantage_weight_beta: float
+    expectile: float
+    discount: float
+    target_update_rate: float
+
+
 class DiffusionRL(nn.Module):
-    def __init__(self, obs_dim: int, action_dim: int, config: dict):
+    def __init__(self, obs_dim: int, action_dim: int, config: DiffusionRLConfig | dict):
+        """`config`: the typed view, or a cell config it is read from."""
         super().__init__()
+        cfg = DiffusionRLConfig.view(config)
         self.obs_dim = obs_dim
         self.action_dim = action_dim
-        self.latent_dim = config["vae_latent_dim"]
-        self.vae_weight = config["vae_weight"]
-        self.n_sampling_steps = config["n_sampling_steps"]
-        self.sampler = config["sampler"]
-        self.ddim_eta = config["ddim_eta"]
-        self.sampling_temperature = config["sampling_temperature"]
-        self.min_policy_std = config["min_policy_std"]
-        self.n_action_samples = config["n_action_samples"]
-        self.advantage_weight_beta = config["advantage_weight_beta"]
-        hidden = config["hidden_dim"]
-        self.vae = ActionVAE(obs_dim, action_dim, config["action_horizon"], self.latent_dim, hidden,
-                             config["vae_kl_weight"])
-        self.clip = self.vae.latent_bound if config["clip_denoised"] else None
-        self.trajectory_encoder = TrajectoryEncoder(obs_dim, action_dim, config["history_horizon"],
-                                                    config["trajectory_latent_dim"], config["encoder_type"],
-                                                    use_actions=config["history_actions"])
-        self.denoiser = LatentDenoiser(self.latent_dim, config["trajectory_latent_dim"] + obs_dim, hidden,
-                                       config["denoiser_blocks"])
-        self.diffusion = GaussianDiffusion(config["n_diffusion_steps"], config["beta_schedule"], PREDICTION)
-        self.diffusion.sampling_timesteps(self.n_sampling_steps)  # rejects an impossible step count now
+        self.latent_dim = cfg.vae_latent_dim
+        self.vae_weight = cfg.vae_weight
+        self.n_sampling_steps = cfg.n_sampling_steps
+        self.sampler = cfg.sampler
+        self.ddim_eta = cfg.ddim_eta
+        self.sampling_temperature = cfg.sampling_temperature
+        self.min_policy_std = cfg.min_policy_std
+        self.n_action_samples = cfg.n_action_samples
+        self.advantage_weight_beta = cfg.advantage_weight_beta
+        self.vae = self.build_vae(obs_dim, action_dim, cfg)
+        self.clip = self.vae.latent_bound if cfg.clip_denoised else None
+        self.trajectory_encoder = TrajectoryEncoder(obs_dim, action_dim, cfg.history_horizon, cfg.trajectory_latent_dim,
+                                                    cfg.encoder_type, cfg.history_actions)
+        self.denoiser = LatentDenoiser(self.latent_dim, cfg.trajectory_latent_dim + obs_dim, cfg.hidden_dim,
+                                       cfg.denoiser_blocks)
+        self.diffusion = GaussianDiffusion(cfg.n_diffusion_steps, cfg.beta_schedule, PREDICTION)
         self.chain_log_std = nn.Parameter(torch.zeros(()))  # trained by the online RL update only
         self.critic = None
-        if config["use_value_function"]:
-            self.critic = IQLCritic(obs_dim, self.latent_dim, hidden, config["expectile"], config["discount"],
-                                    config["action_horizon"], config["target_update_rate"])
+        if cfg.use_value_function:
+            self.critic = IQLCritic(obs_dim, self.latent_dim, cfg.hidden_dim, cfg.expectile, cfg.discount,
+                                    cfg.action_horizon, cfg.target_update_rate)
+
+    @staticmethod
+    def build_vae(obs_dim: int, action_dim: int, config: DiffusionRLConfig | dict) -> ActionVAE:
+        """The action VAE this model owns, alone: the VAE pre-training step trains it."""
+        cfg = DiffusionRLConfig.view(config)
+        return ActionVAE(obs_dim, action_dim, cfg.action_horizon, cfg.vae_latent_dim, cfg.hidden_dim, cfg.vae_kl_weight)
 
     # ----------------------------------------------------------------------------------- training
     def condition(self, observations, history_observations, history_actions, history_mask) -> torch.Tensor:
@@ -122,9 +161,6 @@ class DiffusionRL(nn.Module):
     def after_optimizer_step(self) -> None:
         if self.critic is not None:
             self.critic.update_targets()
-
-    def vae_parameters(self):
-        return self.vae.parameters()
 
     # ------------------------------------------------------------------------------------- acting
     @torch.no_grad()

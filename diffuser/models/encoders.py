@@ -30,8 +30,8 @@ class TrajectoryEncoder(nn.Module):
         action_dim: int,
         history_horizon: int,
         latent_dim: int,
-        kind: str = "gru",
-        use_actions: bool = True,
+        kind: str,
+        use_actions: bool,
     ):
         super().__init__()
         self.use_actions = use_actions

@@ -36,8 +36,8 @@ class ActionVAE(nn.Module):
         action_dim: int,
         action_horizon: int,
         latent_dim: int,
-        hidden_dim: int = 256,
-        kl_weight: float = 0.05,
+        hidden_dim: int,
+        kl_weight: float,
         latent_bound: float = LATENT_BOUND,
     ):
         super().__init__()

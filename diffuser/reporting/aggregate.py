@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from diffuser.errors import ReportError
 from diffuser.reporting.stats import (
     iqm_interval,
     mean_confidence_interval,
@@ -39,12 +40,11 @@ EVAL_COLUMNS = {
     "success_rate": "success_rate",
     "step": "eval_step",
     "num_episodes": "num_episodes",
+    "score": "score",  # what normalized_score measures: normalized_return, or success_rate (in percent)
 }
 REQUIRED_EVAL_KEYS = ("mean_normalized_score", "mean_return")
 PERIODIC_COLUMNS = ("best_eval_score", "best_eval_step", "last_eval_score", "last_eval_step")
-
-class ReportError(Exception):
-    """A problem with an experiment's results that the user can fix (a missing or malformed file)."""
+SUCCESS_RATE, NORMALIZED_RETURN = "success_rate", "normalized_return"  # diffuser.envs.scores' score names
 
 
 # --- cells --------------------------------------------------------------------------------------
@@ -164,8 +164,8 @@ def collect_cells(exp_dir: str | os.PathLike, variables: list[str] | None = None
     spec are ignored); None reads every cell found under `exp_dir/cells`. The variables are the
     given names plus those the cell paths name; each value is taken from the cell's config.yaml
     (typed), else from its path. Result columns: normalized_score, return, success_rate, eval_step,
-    num_episodes (the final evaluation), then best_eval_score, best_eval_step, last_eval_score,
-    last_eval_step (the periodic evaluations in metrics.csv; NaN without them).
+    num_episodes, score (the final evaluation), then best_eval_score, best_eval_step,
+    last_eval_score, last_eval_step (the periodic evaluations in metrics.csv; NaN without them).
     """
     cells = find_cells(exp_dir) if cells is None else sorted(cells)
     if not cells:
@@ -293,10 +293,18 @@ def summarize(cells_df: pd.DataFrame, variables: list[str], replicate: str = "se
             **_iqm_columns("best_eval_", best),
             return_mean=float(group["return"].astype(float).mean()),
             success_rate_mean=float(group["success_rate"].astype(float).mean()),
+            score=score_kind(group),
             note=NO_INTERVAL_NOTE if len(group) < 2 else "",
         )
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def score_kind(cells_df: pd.DataFrame) -> str:
+    """What the cells' normalized_score measures: `success_rate` (OGBench tasks: the success rate in
+    percent) when every cell says so, else `normalized_return` (also for results without the key)."""
+    kinds = set(cells_df["score"]) if "score" in cells_df else set()
+    return SUCCESS_RATE if kinds == {SUCCESS_RATE} else NORMALIZED_RETURN
 
 
 def _runs_by_tasks(cells: pd.DataFrame, column: str, replicate: str, tasks: list) -> np.ndarray:

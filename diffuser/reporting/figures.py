@@ -17,11 +17,14 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from diffuser.reporting.aggregate import (
+    NORMALIZED_RETURN,
+    SUCCESS_RATE,
     collect_cells,
     improvement_pairs,
     label_variants,
     load_metrics,
     read_cell_config,
+    score_kind,
     sort_key,
     summarize,
     variant_label,
@@ -48,9 +51,8 @@ METRIC_LABELS = {
     "policy_loss": "Policy-gradient loss",
     "bc_loss": "BC loss",
     "entropy": "Policy entropy",
-    EVAL_SCORE: "Normalized score (evaluation)",
 }
-FINAL_SCORE_LABEL = "Normalized score (final evaluation)"
+SCORE_NAMES = {NORMALIZED_RETURN: "Normalized score", SUCCESS_RATE: "Success rate, %"}
 MODE_LABELS = {False: "offline", True: "online + offline"}
 MODE_COLORS = {False: "tab:blue", True: "tab:orange"}
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -144,8 +146,14 @@ def variant_colors(labels: list[str]) -> dict:
     return {label: tab20(i % 20) for i, label in enumerate(labels)}
 
 
-def metric_label(metric: str) -> str:
+def metric_label(metric: str, score: str = NORMALIZED_RETURN) -> str:
+    if metric == EVAL_SCORE:
+        return f"{SCORE_NAMES[score]} (evaluation)"
     return METRIC_LABELS.get(metric, metric.replace("_", " ").capitalize())
+
+
+def final_score_label(cells: pd.DataFrame) -> str:
+    return f"{SCORE_NAMES[score_kind(cells)]} (final evaluation)"
 
 
 def _draw_curve(ax, curve: pd.DataFrame, label: str, color, linestyle="-") -> None:
@@ -166,16 +174,17 @@ def _note(fig: Figure, text: str) -> None:
     fig.text(0.01, 0.005, text, fontsize=7, color="0.35", ha="left", va="bottom")
 
 
-def plot_learning_curve(curves: pd.DataFrame, metric: str, colors: dict) -> Figure:
-    """One metric's learning curves: a line (mean over seeds) and 95% band per variant."""
+def plot_learning_curve(curves: pd.DataFrame, metric: str, colors: dict, score: str = NORMALIZED_RETURN) -> Figure:
+    """One metric's learning curves: a line (mean over seeds) and 95% band per variant; `score`
+    names what the evaluation score measures."""
     fig = _new_figure()
     ax = fig.add_subplot()
     for label, curve in curves.groupby("variant", sort=False):
         _draw_curve(ax, curve, label, colors[label])
     _use_log_scale_if_spread(ax, curves["mean"].to_numpy(dtype=float))
     ax.set_xlabel("Training step")
-    ax.set_ylabel(metric_label(metric))
-    ax.set_title(f"{metric_label(metric)} during training")
+    ax.set_ylabel(metric_label(metric, score))
+    ax.set_title(f"{metric_label(metric, score)} during training")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.get_layout_engine().set(rect=(0, 0.04, 1, 0.96))
@@ -206,7 +215,7 @@ def plot_final_scores(cells: pd.DataFrame, colors: dict) -> Figure:
         _draw_scores(ax, i, scores, colors[label], None, horizontal=True)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_ylim(len(labels) - 0.5, -0.5)
-    ax.set_xlabel(FINAL_SCORE_LABEL)
+    ax.set_xlabel(final_score_label(cells))
     ax.set_title("Final score per variant")
     ax.grid(axis="x", alpha=0.3)
     fig.get_layout_engine().set(rect=(0, 0.05, 1, 0.95))
@@ -237,7 +246,7 @@ def plot_score_by_variable(cells: pd.DataFrame, variable: str, others: list[str]
     ax.set_xticks(range(len(values)), [str(v) for v in values])
     ax.set_xlim(-0.5, len(values) - 0.5)
     ax.set_xlabel(variable)
-    ax.set_ylabel(FINAL_SCORE_LABEL)
+    ax.set_ylabel(final_score_label(cells))
     ax.set_title(f"Final score by {variable}")
     ax.grid(axis="y", alpha=0.3)
     if others:
@@ -283,7 +292,7 @@ def plot_offline_vs_online(
         if warmup_step is not None:
             ax.axvline(warmup_step, color="0.4", linestyle=":", linewidth=1.2, label="online phase starts")
         ax.set_xlabel("Training step")
-        ax.set_ylabel(metric_label(EVAL_SCORE))
+        ax.set_ylabel(metric_label(EVAL_SCORE, score_kind(cells)))
         ax.set_title("Evaluation score during training")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
@@ -302,7 +311,7 @@ def plot_offline_vs_online(
                         xytext=(0, 8), textcoords="offset points", ha="center", fontsize=8)
     ax.set_xticks(range(len(settings)), settings if others else [""], fontsize=8)
     ax.set_xlim(-0.5, len(settings) - 0.5)
-    ax.set_ylabel(FINAL_SCORE_LABEL)
+    ax.set_ylabel(final_score_label(cells))
     ax.set_title("Final score: offline vs online + offline")
     ax.margins(y=0.15)
     ax.grid(axis="y", alpha=0.3)
@@ -348,7 +357,8 @@ def make_figures(
 
     curves = learning_curves(exp_dir, variables, replicate, cells_df=cells.drop(columns="variant"))
     for metric, table in curves.items():
-        written += _save(plot_learning_curve(table, metric, colors), out_dir, f"curve_{metric}", svg=False)
+        fig = plot_learning_curve(table, metric, colors, score_kind(cells))
+        written += _save(fig, out_dir, f"curve_{metric}", svg=False)
 
     written += _save(plot_final_scores(cells, colors), out_dir, "final_scores", svg=True)
     plain_cells = cells.drop(columns="variant")

@@ -8,7 +8,6 @@ stream as file descriptor `DIFFUSER_CONSOLE_FD` (`3>&2` in the rule), so a one-l
 from __future__ import annotations
 
 import os
-import sys
 
 CONSOLE_FD_VARIABLE = "DIFFUSER_CONSOLE_FD"
 

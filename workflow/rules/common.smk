@@ -21,10 +21,10 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from diffuser.config import ConfigError, load_workflow_spec, needs_vae_pretraining, vae_config, vae_key
-from diffuser.datasets.prepare import dataset_key_of, resolve_source
+from diffuser.datasets.prepare import dataset_key_of, processed_path, resolve_source
 from diffuser.errors import WorkflowLocked
+from diffuser.runtime.gpu_pool import pool_ids, unmet_gpu_resources_note
 from diffuser.runtime.workflow_lock import clear_stale_locks
-from diffuser.utils.gpu_pool import pool_ids, unmet_gpu_resources_note
 
 DEFAULT_SPEC = "config/config.yaml"
 DATA_DIR = "data"
@@ -79,7 +79,7 @@ wildcard_constraints:
 
 def dataset_path(name, dataset="{dataset}"):
     """A file of data/processed/<dataset key>/."""
-    return f"{DATA_DIR}/processed/{dataset}/{name}"
+    return f"{processed_path(dataset, DATA_DIR)}/{name}"
 
 
 def cell_path(name, cell="{cell}"):
@@ -121,15 +121,15 @@ def cell_settings_marker(wildcards):
 SPEC_MARKER = f"{RESULTS}/cells/.spec-{digest(SPEC.as_dict())}"
 
 
+def as_json(settings):
+    return json.dumps(settings, sort_keys=True)
+
+
 def stale_markers(wildcards, output):
     """The other markers beside `output` (older settings), deleted when it is written."""
     marker = Path(output[0])
     prefix = marker.name.rsplit("-", 1)[0]
     return f"{shlex.quote(str(marker.parent))}/{prefix}-*"
-
-
-def as_json(settings):
-    return json.dumps(settings, sort_keys=True)
 
 
 # --------------------------------------------------------------------------- input functions

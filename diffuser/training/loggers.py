@@ -22,21 +22,22 @@ from __future__ import annotations
 import csv
 import fcntl
 import hashlib
+import netrc
 import os
 import shutil
 from pathlib import Path
+from urllib.parse import urlparse
 
-from diffuser.config import wandb_api_key, wandb_login_problem
-from diffuser.utils.metrics import MetricsLogger
+from diffuser.errors import LoggerUnavailable
+from diffuser.training.metrics import MetricsLogger
 
 MIRRORS = ("tensorboard", "wandb", "dvclive")
+# The package each optional logger needs (checked with the spec, diffuser.config, before any job).
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "dvclive": "dvclive"}
+WANDB_DEFAULT_URL = "https://api.wandb.ai"
 TENSORBOARD_DIRNAME = "tensorboard"
 WANDB_DIRNAME = "wandb"
 DVCLIVE_DIRNAME = "dvclive"
-
-
-class LoggerUnavailable(Exception):
-    """A logger the config asks for cannot run here (its package is missing, no wandb login)."""
 
 
 def _missing_package(logger: str, package: str) -> LoggerUnavailable:
@@ -66,6 +67,23 @@ class TensorBoardMirror:
 
     def close(self) -> None:
         self._writer.close()
+
+
+def wandb_api_key() -> str | None:
+    """The key a `wandb login` (or WANDB_API_KEY) left on this machine, read without wandb or the network."""
+    if os.environ.get("WANDB_API_KEY"):
+        return os.environ["WANDB_API_KEY"]
+    host = urlparse(os.environ.get("WANDB_BASE_URL", WANDB_DEFAULT_URL)).hostname
+    try:
+        auth = netrc.netrc(os.environ.get("NETRC")).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return None
+    return auth[2] if auth else None
+
+
+def wandb_login_problem(project: str) -> str:
+    return (f"wandb_project is {project!r} but no wandb API key is configured on this machine: run `wandb login` "
+            "once outside the job or set WANDB_API_KEY, or unset wandb_project to log offline.")
 
 
 def wandb_run_id(run_dir: Path) -> str:

@@ -27,17 +27,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from diffuser.errors import GpuRequestError
+from diffuser.errors import GpuPoolError, GpuRequestError
 
 NO_GPU_WORDS = ("", "none", "-1")
 # where SLURM names a job's GPUs when CUDA_VISIBLE_DEVICES is not set
 SLURM_GPU_VARIABLES = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS")
 DEFAULT_WAIT_SECONDS = 3600.0
 POLL_SECONDS = 0.2
-
-
-class GpuPoolError(RuntimeError):
-    """No GPU could be claimed: the pool stayed full, or a requested GPU is unusable."""
 
 
 @dataclass

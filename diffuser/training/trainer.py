@@ -15,17 +15,19 @@ from pathlib import Path
 
 import torch
 
+from diffuser.errors import TrainingDiverged
+from diffuser.evaluation.policy import PolicyRunner
 from diffuser.runtime.console import announce
-from diffuser.utils.checkpoint import (
+from diffuser.runtime.progress import progress_bar
+from diffuser.runtime.seeding import BATCH_STREAM, generator
+from diffuser.training.checkpoints import (
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
     step_checkpoint_path,
 )
-from diffuser.utils.loggers import RunLoggers
-from diffuser.utils.policy import PolicyRunner
-from diffuser.utils.progress import progress_bar
+from diffuser.training.loggers import RunLoggers
 
 # Config keys a resumed run may change without changing what it computes (a longer run extends a shorter one).
 RESUMABLE_KEYS = frozenset({
@@ -42,10 +44,6 @@ def changed_result_keys(saved: dict, current: dict) -> list[str]:
     return sorted(key for key in keys if saved.get(key) != current.get(key))
 
 
-class TrainingDiverged(Exception):
-    """A loss became NaN or infinite."""
-
-
 def make_optimizer(parameters, config: dict, learning_rate: float | None = None) -> torch.optim.Optimizer:
     # fused: one kernel for all parameters instead of ~10 small ops per tensor; a DiffusionRL step's
     # optimizer update went from ~6 ms to ~1.8 ms on the 2-core CPU (87 parameter tensors).
@@ -54,9 +52,9 @@ def make_optimizer(parameters, config: dict, learning_rate: float | None = None)
     )
 
 
-def make_scheduler(optimizer, config: dict) -> torch.optim.lr_scheduler.LambdaLR:
-    total = config["n_train_steps"]
-    if config["lr_schedule"] == "cosine":
+def make_scheduler(optimizer, schedule: str, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The learning-rate schedule `schedule` ("cosine" or "constant") over `total` steps."""
+    if schedule == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
 
@@ -64,11 +62,14 @@ def make_scheduler(optimizer, config: dict) -> torch.optim.lr_scheduler.LambdaLR
 class Trainer:
     """Trains `model` on `dataset` into `run_dir` (checkpoints/, metrics.csv, final.pt).
 
-    Hooks for subclasses (the online trainer): `_after_step(step)`, `_sample_batch()`,
-    `_extra_state()` / `_load_extra_state(state)`.
+    Hooks for subclasses (the online trainer, the VAE pre-training): `total_steps()`, `_make_scheduler()`,
+    `_loss(batch)`, `_after_optimizer_step()`, `_after_step(step)`, `_sample_batch()`,
+    `_extra_state()` / `_load_extra_state(state)`, `write_final()`.
     """
 
     keep_checkpoints = 2
+    progress_label = "train"
+    progress_metric = "loss"  # the loss term shown beside the progress bar
 
     def __init__(self, config: dict, dataset, model: torch.nn.Module, run_dir, evaluator=None, device="cpu"):
         self.config = config
@@ -80,15 +81,22 @@ class Trainer:
         self.device = torch.device(device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.optimizer = make_optimizer(self.model.parameters(), config)
-        self.scheduler = make_scheduler(self.optimizer, config)
-        self.generator = torch.Generator(device="cpu").manual_seed(config["seed"])
+        self.scheduler = self._make_scheduler()
+        self.generator = generator(config["seed"], BATCH_STREAM)
         self.step = 0
         self.resumed_from: int | None = None  # the checkpoint step this attempt started from
         self._sums: dict[str, float] = {}  # metric -> sum since the last log row
         self._counts: dict[str, int] = {}
 
+    def total_steps(self) -> int:
+        return self.config["n_train_steps"]
+
+    def _make_scheduler(self) -> torch.optim.lr_scheduler.LambdaLR:
+        return make_scheduler(self.optimizer, self.config["lr_schedule"], self.total_steps())
+
     # ----------------------------------------------------------------------------------------- state
-    def state_dict(self) -> dict:
+    def _header(self) -> dict:
+        """What a checkpoint and final.pt both hold besides weights: enough to rebuild the policy."""
         return {
             "step": self.step,
             "config": self.config,
@@ -97,6 +105,11 @@ class Trainer:
             "action_dim": self.dataset.action_dim,
             "normalizers": {k: v.state_dict() for k, v in self.dataset.normalizers.items()},
             "metadata": self.dataset.metadata,
+        }
+
+    def state_dict(self) -> dict:
+        return {
+            **self._header(),
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -156,6 +169,12 @@ class Trainer:
     def _sample_batch(self) -> dict:
         return self.dataset.sample(self.config["batch_size"], self.generator)
 
+    def _loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.model.loss(batch)
+
+    def _after_optimizer_step(self) -> None:
+        self.model.after_optimizer_step()
+
     def _after_step(self, step: int) -> dict:
         """Extra work after gradient step `step` (1-based); returns metrics to log."""
         return {}
@@ -187,11 +206,11 @@ class Trainer:
     def train_step(self) -> dict[str, torch.Tensor]:
         self.model.train()
         batch = self._sample_batch()
-        total, terms = self.model.loss(batch)
+        total, terms = self._loss(batch)
         self._raise_if_not_finite(terms, self.step + 1, "lower learning_rate or check the data")
         self._apply_gradients(total, self.optimizer)
         self.scheduler.step()
-        self.model.after_optimizer_step()
+        self._after_optimizer_step()
         self._update_ema()
         self.step += 1
         return terms
@@ -233,15 +252,15 @@ class Trainer:
         return result
 
     def train(self) -> Path:
-        """Run until `n_train_steps`, resuming first if possible; returns the path of final.pt."""
+        """Run until `total_steps()`, resuming first if possible; returns the path `write_final` wrote."""
         cfg = self.config
         resumed = self.resume_if_possible()
         logger = RunLoggers(self.run_dir, cfg, resume_step=self.step if resumed else None)
         try:
             start_step, t0 = self.step, time.perf_counter()
             last_log_time, last_log_step = t0, self.step
-            with progress_bar(total=cfg["n_train_steps"], initial=self.step, desc="train") as bar:
-                while self.step < cfg["n_train_steps"]:
+            with progress_bar(total=self.total_steps(), initial=self.step, desc=self.progress_label) as bar:
+                while self.step < self.total_steps():  # read each step: a benchmark's deadline may shorten it
                     terms = self.train_step()
                     self._accumulate(terms)
                     self._accumulate(self._after_step(self.step))
@@ -250,7 +269,7 @@ class Trainer:
                         now = time.perf_counter()
                         self._flush_log(logger, now - last_log_time, self.step - last_log_step)
                         last_log_time, last_log_step = now, self.step
-                        bar.set_postfix(loss=f"{terms['loss'].item():.4f}")
+                        bar.set_postfix({self.progress_metric: f"{terms[self.progress_metric].item():.4f}"})
                     if self.evaluator is not None and self.step % cfg["eval_freq"] == 0:
                         self.evaluate(logger)
                     if self.step % cfg["save_freq"] == 0:
@@ -265,14 +284,4 @@ class Trainer:
 
     def write_final(self) -> Path:
         """The evaluation artefact: EMA weights, normalizers and the config, loadable without code."""
-        final = {
-            "step": self.step,
-            "config": self.config,
-            "model_class": self.config["diffusion"],
-            "obs_dim": self.dataset.obs_dim,
-            "action_dim": self.dataset.action_dim,
-            "normalizers": {k: v.state_dict() for k, v in self.dataset.normalizers.items()},
-            "metadata": self.dataset.metadata,
-            "ema": self.ema.state_dict(),
-        }
-        return save_checkpoint(self.run_dir / "final.pt", final)
+        return save_checkpoint(self.run_dir / "final.pt", {**self._header(), "ema": self.ema.state_dict()})

@@ -11,6 +11,26 @@ import numpy as np
 import torch
 
 
+class HistoryWindow:
+    """The last `horizon` steps (normalized observation, action) of N environments, the trajectory
+    encoder's input; `mask` is False for steps before an episode's start."""
+
+    def __init__(self, num_envs: int, horizon: int, obs_dim: int, action_dim: int, device):
+        self.observations = torch.zeros(num_envs, horizon, obs_dim, device=device)  # [N, H, obs_dim]
+        self.actions = torch.zeros(num_envs, horizon, action_dim, device=device)  # [N, H, A]
+        self.mask = torch.zeros(num_envs, horizon, dtype=torch.bool, device=device)  # [N, H]
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.observations, self.actions, self.mask
+
+    def push(self, observations: torch.Tensor, actions: torch.Tensor) -> None:
+        """Append one step ([N, obs_dim], [N, A]) and drop the oldest; new tensors, so a caller may keep the old."""
+        self.observations = torch.cat([self.observations[:, 1:], observations[:, None]], dim=1)
+        self.actions = torch.cat([self.actions[:, 1:], actions[:, None]], dim=1)
+        valid = torch.ones(self.mask.shape[0], 1, dtype=torch.bool, device=self.mask.device)
+        self.mask = torch.cat([self.mask[:, 1:], valid], dim=1)
+
+
 class PolicyRunner:
     def __init__(self, model, normalizers: dict, history_horizon: int, action_horizon: int, device="cpu"):
         self.model = model
@@ -22,11 +42,8 @@ class PolicyRunner:
         self.num_envs = 0
 
     def reset(self, num_envs: int, obs_dim: int, action_dim: int) -> None:
-        h = self.history_horizon
         self.num_envs = num_envs
-        self.history_observations = torch.zeros(num_envs, h, obs_dim, device=self.device)
-        self.history_actions = torch.zeros(num_envs, h, action_dim, device=self.device)
-        self.history_mask = torch.zeros(num_envs, h, dtype=torch.bool, device=self.device)
+        self.history = HistoryWindow(num_envs, self.history_horizon, obs_dim, action_dim, self.device)
         self.plan: torch.Tensor | None = None  # [N, K, A] normalized actions still to execute
         self.plan_index = 0
 
@@ -35,15 +52,9 @@ class PolicyRunner:
         """One action per environment ([N, A], in the environment's units)."""
         obs = self.obs_normalizer.normalize(torch.as_tensor(raw_observations, dtype=torch.float32, device=self.device))
         if self.plan is None or self.plan_index >= self.plan.shape[1]:
-            self.plan = self.model.act(obs, self.history_observations, self.history_actions, self.history_mask)
+            self.plan = self.model.act(obs, *self.history.tensors())
             self.plan_index = 0
         action = self.plan[:, self.plan_index].clamp(-1.0, 1.0)  # [N, A]
         self.plan_index += 1
-        self._push_history(obs, action)
+        self.history.push(obs, action)
         return self.action_normalizer.unnormalize(action).cpu().numpy()
-
-    def _push_history(self, obs: torch.Tensor, action: torch.Tensor) -> None:
-        self.history_observations = torch.cat([self.history_observations[:, 1:], obs[:, None]], dim=1)
-        self.history_actions = torch.cat([self.history_actions[:, 1:], action[:, None]], dim=1)
-        valid = torch.ones(self.num_envs, 1, dtype=torch.bool, device=self.device)
-        self.history_mask = torch.cat([self.history_mask[:, 1:], valid], dim=1)

@@ -13,11 +13,9 @@ from pathlib import Path
 
 import torch
 
+from diffuser.errors import CheckpointError
+
 _STEP_FILE = re.compile(r"^state_(\d+)\.pt$")
-
-
-class CheckpointError(Exception):
-    """A checkpoint file is missing, corrupt, or was not written by this project."""
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:

@@ -1,0 +1,57 @@
+"""Every random stream of a run, seeded here and nowhere else, so a seed means the same everywhere.
+
+The streams of one training run with seed s:
+- the torch global RNG (weight initialisation, the noise inside the losses): `seed_global(s)`;
+- the batch sampler: `generator(s, BATCH_STREAM)`;
+- online collection (the chain policy's noise): `generator(s, COLLECTION_STREAM)`, its own stream
+  so collecting never shifts which batches are drawn;
+- the online episodes' resets: `online_reset_seed(s, i)` for the i-th episode;
+- evaluation: episode i resets with `evaluation_reset_seeds(s, n)[i]`, and the policy's sampling
+  noise comes from `isolated_rng(s)`, a fork of the global RNG that leaves the training stream
+  where it was (exact resume) and gives every evaluation the same noise.
+Generated datasets draw their action noise from `numpy_generator(dataset_seed)` and reset their
+environment with the same seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+BATCH_STREAM = 0
+COLLECTION_STREAM = 1
+# Online episode i of a run with seed s resets with s * ONLINE_EPISODE_STRIDE + i: a prime stride
+# keeps the episodes of runs with nearby seeds apart.
+ONLINE_EPISODE_STRIDE = 1_000_003
+
+
+def seed_global(seed: int) -> None:
+    torch.manual_seed(seed)
+
+
+def generator(seed: int, stream: int = BATCH_STREAM) -> torch.Generator:
+    """A CPU torch generator for one stream of a run."""
+    return torch.Generator(device="cpu").manual_seed(seed + stream)
+
+
+def numpy_generator(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+@contextmanager
+def isolated_rng(seed: int) -> Iterator[None]:
+    """The torch global RNG seeded with `seed` inside the block and restored after it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def evaluation_reset_seeds(seed: int, num_episodes: int) -> list[int]:
+    return [seed + i for i in range(num_episodes)]
+
+
+def online_reset_seed(seed: int, episode: int) -> int:
+    return seed * ONLINE_EPISODE_STRIDE + episode

@@ -1,0 +1,54 @@
+"""The online buffer: every environment step collected so far, in the processed-dataset format."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+BUFFER_FIELDS = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations", "episode_ids")
+
+
+class OnlineBuffer:
+    """The environment steps collected so far, raw (unnormalized), with an episode id per step."""
+
+    def __init__(self, obs_dim: int, action_dim: int):
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+        self.rows: dict[str, list] = {name: [] for name in BUFFER_FIELDS}
+
+    def __len__(self) -> int:
+        return len(self.rows["rewards"])
+
+    def add(self, observation, action, reward, terminal, timeout, next_observation, episode_id) -> None:
+        for name, value in zip(BUFFER_FIELDS, (observation, action, reward, terminal, timeout, next_observation,
+                                               episode_id), strict=True):
+            self.rows[name].append(value)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The buffer in the processed-dataset format (docs/INTERFACES.md): steps grouped by episode."""
+        episode_ids = np.asarray(self.rows["episode_ids"], dtype=np.int64)
+        out = {
+            "observations": np.asarray(self.rows["observations"], dtype=np.float32).reshape(-1, self.obs_dim),
+            "actions": np.asarray(self.rows["actions"], dtype=np.float32).reshape(-1, self.action_dim),
+            "rewards": np.asarray(self.rows["rewards"], dtype=np.float32),
+            "terminals": np.asarray(self.rows["terminals"], dtype=bool),
+            "timeouts": np.asarray(self.rows["timeouts"], dtype=bool),
+            "next_observations": np.asarray(self.rows["next_observations"], dtype=np.float32).reshape(-1, self.obs_dim),
+        }
+        # steps are appended in time order and an episode's steps are contiguous
+        boundaries = np.flatnonzero(np.diff(episode_ids)) + 1
+        starts = np.concatenate([[0], boundaries]).astype(np.int64) if len(episode_ids) else np.zeros(0, np.int64)
+        out["episode_starts"] = starts
+        out["episode_lengths"] = np.diff(np.concatenate([starts, [len(episode_ids)]])).astype(np.int64)
+        return out
+
+    def state_dict(self) -> dict:
+        return {name: torch.as_tensor(value) for name, value in self.arrays().items()} | {
+            "episode_ids": torch.as_tensor(np.asarray(self.rows["episode_ids"], dtype=np.int64))
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        n = len(state["episode_ids"])
+        self.rows = {name: [] for name in BUFFER_FIELDS}
+        for name in BUFFER_FIELDS:
+            values = state[name].numpy()
+            self.rows[name] = [values[i] for i in range(n)]
