@@ -263,6 +263,11 @@ def test_success_rate_scores_are_named_so_in_summary_and_figures(tmp_path):
     assert set(summarize(cells, VARIABLES)["score"]) == {"success_rate"}
     assert final_score_label(cells) == "Success rate, % (final evaluation)"
     assert metric_label("eval_normalized_score", "success_rate") == "Success rate, % (evaluation)"
+    from diffuser.reporting.page import write_page
+
+    write_summary(exp_dir, VARIABLES)
+    page = write_page(exp_dir, VARIABLES).read_text()
+    assert "success rates in percent" in page and "0 = a random policy" not in page
 
 
 def test_summary_rows_follow_the_numeric_order_of_a_swept_value(tmp_path):

@@ -58,6 +58,14 @@ def test_iqm_bootstrap_interval_agrees_with_an_independent_computation(shape):
     assert high == pytest.approx(expected_high, abs=0.05 * width)
 
 
+def test_iqm_bootstrap_interval_of_two_runs_is_their_range():
+    # by hand: resampling 2 runs gives (a, a), (a, b), (b, a), (b, b), IQM a, (a+b)/2, (a+b)/2, b (2 runs
+    # trim nothing); a and b each have probability 1/4 > 2.5%, so the 95% percentile interval is [a, b]
+    assert iqm_interval([10.0, 30.0], reps=4000) == (20.0, 10.0, 30.0)
+    # equal runs: every resample has the same IQM, the interval is that point
+    assert iqm_interval([7.0, 7.0, 7.0], reps=500) == (7.0, 7.0, 7.0)
+
+
 def test_iqm_interval_of_one_seed_is_undefined():
     point, low, high = iqm_interval([42.0])
     assert point == 42.0 and math.isnan(low) and math.isnan(high)

@@ -361,9 +361,10 @@ def make_figures(
         written += _save(fig, out_dir, f"curve_{metric}", svg=False)
 
     written += _save(plot_final_scores(cells, colors), out_dir, "final_scores", svg=True)
-    plain_cells = cells.drop(columns="variant")
-    written += _save(plot_iqm(summarize(plain_cells, variables, replicate), colors), out_dir, "iqm_scores", svg=False)
-    written += _save(plot_performance_profile(cells, colors), out_dir, "performance_profile", svg=False)
+    plain_cells, score_name = cells.drop(columns="variant"), SCORE_NAMES[score_kind(cells)]
+    fig = plot_iqm(summarize(plain_cells, variables, replicate), colors, score_name)
+    written += _save(fig, out_dir, "iqm_scores", svg=False)
+    written += _save(plot_performance_profile(cells, colors, score_name), out_dir, "performance_profile", svg=False)
     pairs = improvement_pairs(plain_cells, variables, replicate)
     if not pairs.empty:
         written += _save(plot_improvement(pairs), out_dir, "probability_of_improvement", svg=False)

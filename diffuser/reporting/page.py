@@ -23,11 +23,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from diffuser.reporting.aggregate import SUMMARY_FILES, cell_dir, collect_cells
+from diffuser.reporting.aggregate import (
+    NORMALIZED_RETURN,
+    SUCCESS_RATE,
+    SUMMARY_FILES,
+    cell_dir,
+    collect_cells,
+    score_kind,
+)
 from diffuser.reporting.stats import BOOTSTRAP_REPS, CONFIDENCE
 
 PAGE_NAME = "summary.html"
 SPEC_NAME = "spec.yaml"
+# what a score means, by diffuser.reporting.aggregate.score_kind
+SCORE_NOTES = {SUCCESS_RATE: "Scores are success rates in percent (an episode scores 100 if it solves the task).",
+               NORMALIZED_RETURN: "Scores are normalized: 0 = a random policy, 100 = the reference expert."}
 # Packages whose versions decide the numbers on the page.
 PACKAGES = ("diffuser", "torch", "numpy", "scipy", "pandas", "matplotlib", "gymnasium",
             "gymnasium-robotics", "snakemake", "dvc")
@@ -199,8 +209,8 @@ def write_page(exp_dir: str | os.PathLike, variables: list[str], replicate: str 
     name = html.escape(exp_dir.name)
     sections = [
         f"<h1>Experiment {name}</h1>",
-        f'<p class="note">{len(cells_df)} cells; written {now}. Scores are normalized: 0 = a random policy, '
-        "100 = the reference expert. <b>Final</b>: the evaluation of the final (EMA) policy; <b>best periodic "
+        f'<p class="note">{len(cells_df)} cells; written {now}. {SCORE_NOTES[score_kind(cells_df)]} '
+        "<b>Final</b>: the evaluation of the final (EMA) policy; <b>best periodic "
         "eval</b>: the highest of the evaluations during training, picked after the fact (optimistic). "
         f"IQM: the mean of the middle 50% of seeds; its {CONFIDENCE:.0%} CI is a stratified percentile bootstrap "
         f"({BOOTSTRAP_REPS} resamples, rliable's method, computed with scipy); the mean's CI is Student t.</p>",

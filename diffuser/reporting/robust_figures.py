@@ -40,8 +40,9 @@ def _error(point: float, low: float, high: float):
     return [[point - low], [high - point]]
 
 
-def plot_iqm(summary: pd.DataFrame, colors: dict) -> Figure:
-    """Per variant: the IQM of the final score and of the best periodic evaluation, with CIs."""
+def plot_iqm(summary: pd.DataFrame, colors: dict, score_name: str) -> Figure:
+    """Per variant: the IQM of the final score and of the best periodic evaluation, with CIs;
+    `score_name` says what the score is ("Normalized score", "Success rate, %")."""
     labels = list(summary["variant"])
     fig = _new_figure((7.5, max(2.5, 1.2 + 0.55 * len(labels))))
     ax = fig.add_subplot()
@@ -57,7 +58,7 @@ def plot_iqm(summary: pd.DataFrame, colors: dict) -> Figure:
                         label=BEST_LABEL if i == 0 else None)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_ylim(len(labels) - 0.5, -0.5)
-    ax.set_xlabel("Normalized score, interquartile mean over seeds")
+    ax.set_xlabel(f"{score_name}, interquartile mean over seeds")
     ax.set_title("IQM per variant: final vs best periodic evaluation")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
@@ -74,7 +75,7 @@ def profile_taus(cells: pd.DataFrame) -> np.ndarray:
     return np.linspace(low - margin, high + margin, PROFILE_POINTS)
 
 
-def plot_performance_profile(cells: pd.DataFrame, colors: dict) -> Figure:
+def plot_performance_profile(cells: pd.DataFrame, colors: dict, score_name: str) -> Figure:
     """The share of runs whose final score exceeds tau, per variant, with bootstrap bands."""
     score_dict = {label: group["normalized_score"].to_numpy(dtype=float)
                   for label, group in cells.groupby("variant", sort=False)}
@@ -85,7 +86,7 @@ def plot_performance_profile(cells: pd.DataFrame, colors: dict) -> Figure:
         ax.plot(taus, profile, color=colors[label], linewidth=1.6, label=label)
         if np.isfinite(low).all():
             ax.fill_between(taus, low, high, color=colors[label], alpha=0.2, linewidth=0)
-    ax.set_xlabel(r"Normalized score $\tau$ (final evaluation)")
+    ax.set_xlabel(score_name + r" $\tau$ (final evaluation)")
     ax.set_ylabel(r"Fraction of runs with score $> \tau$")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("Performance profile")
