@@ -27,11 +27,12 @@ from diffuser.training.checkpoints import (
     save_checkpoint,
     step_checkpoint_path,
 )
-from diffuser.training.metrics import MetricsLogger
+from diffuser.training.loggers import RunLoggers
 
 # Config keys a resumed run may change without changing what it computes (a longer run extends a shorter one).
 RESUMABLE_KEYS = frozenset({
     "n_train_steps", "eval_freq", "num_eval", "log_freq", "save_freq", "device", "num_threads", "continue_training",
+    "loggers", "wandb_project",
 })
 
 
@@ -220,7 +221,7 @@ class Trainer:
             self._sums[name] = self._sums.get(name, 0.0) + value
             self._counts[name] = self._counts.get(name, 0) + 1
 
-    def _flush_log(self, logger: MetricsLogger, elapsed: float, steps_done: int) -> None:
+    def _flush_log(self, logger: RunLoggers, elapsed: float, steps_done: int) -> None:
         row = {name: total / self._counts[name] for name, total in self._sums.items()}
         row["learning_rate"] = self.optimizer.param_groups[0]["lr"]
         if elapsed > 0 and steps_done > 0:
@@ -239,7 +240,7 @@ class Trainer:
             device=self.device,
         )
 
-    def evaluate(self, logger: MetricsLogger | None = None) -> dict:
+    def evaluate(self, logger: RunLoggers | None = None) -> dict:
         result = self.evaluator.evaluate(self.policy(use_ema=True))
         result.update(step=self.step, ema=True)
         if logger is not None:
@@ -254,7 +255,7 @@ class Trainer:
         """Run until `total_steps()`, resuming first if possible; returns the path `write_final` wrote."""
         cfg = self.config
         resumed = self.resume_if_possible()
-        logger = MetricsLogger(self.run_dir / "metrics.csv", resume_step=self.step if resumed else None)
+        logger = RunLoggers(self.run_dir, cfg, resume_step=self.step if resumed else None)
         try:
             start_step, t0 = self.step, time.perf_counter()
             last_log_time, last_log_step = t0, self.step
