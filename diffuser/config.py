@@ -39,6 +39,7 @@ import copy
 import difflib
 import functools
 import hashlib
+import importlib.util
 import itertools
 import json
 import os
@@ -52,6 +53,7 @@ import yaml
 
 from diffuser.errors import ConfigError
 from diffuser.registry import MODELS_WITH_VAE, OFFLINE_TRAINER, ONLINE_TRAINER
+from diffuser.training.loggers import LOGGER_PACKAGES, wandb_api_key, wandb_login_problem
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 CELL_SCHEMA_PATH = SCHEMA_DIR / "cell.schema.yaml"
@@ -402,6 +404,13 @@ def _cell_problems(config: dict) -> list[str]:
             f"({config['n_train_steps']}), so the run would never interact with the environment; "
             "lower rl_warmup_steps or set online_training: false."
         )
+    for logger in config["loggers"]:
+        package = LOGGER_PACKAGES.get(logger)
+        if package and importlib.util.find_spec(package) is None:
+            problems.append(f"loggers lists {logger}, but the {package} package is not installed: "
+                            f"pip install {package}, or remove {logger} from loggers.")
+    if "wandb" in config["loggers"] and config["wandb_project"] and not wandb_api_key():
+        problems.append(wandb_login_problem(config["wandb_project"]))
     return problems
 
 

@@ -53,21 +53,30 @@ def _number(value) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}"
 
 
+def _interval(low, high) -> str:
+    return "(1 seed)" if math.isnan(low) else f"[{_number(low)}, {_number(high)}]"
+
+
 def score_table(summary_csv: Path) -> str:
-    """The summary as a small text table: variant, seeds, mean and 95% CI of the normalized score."""
+    """The summary as a small text table: variant, seeds, mean and 95% CI (t) of the final normalized
+    score, then, where summary.csv has them, its IQM with the 95% bootstrap CI and the IQM of the
+    best periodic evaluation."""
     import pandas as pd
 
     summary = pd.read_csv(summary_csv)
     if not {"variant", "mean", "ci95_low", "ci95_high"} <= set(summary.columns):
         return summary.to_string(index=False)
+    robust = {"iqm", "iqm_ci95_low", "iqm_ci95_high", "best_eval_iqm"} <= set(summary.columns)
     width = max(len("variant"), *(len(str(v)) for v in summary["variant"]))
-    lines = [f"  {'variant':<{width}}  seeds   mean   95% CI"]
+    header = f"  {'variant':<{width}}  seeds   mean   95% CI (t)    "
+    lines = [(header + ("    IQM   95% CI (bootstrap)  best-eval IQM" if robust else "")).rstrip()]
     for row in summary.itertuples():
         seeds = getattr(row, "n_seeds", "")
-        interval = (
-            "(1 seed)" if math.isnan(row.ci95_low) else f"[{_number(row.ci95_low)}, {_number(row.ci95_high)}]"
-        )
-        lines.append(f"  {row.variant:<{width}}  {seeds!s:>5}  {_number(row.mean):>5}   {interval}")
+        line = f"  {row.variant:<{width}}  {seeds!s:>5}  {_number(row.mean):>5}   {_interval(row.ci95_low, row.ci95_high):<14}"
+        if robust:
+            line += (f" {_number(row.iqm):>5}   {_interval(row.iqm_ci95_low, row.iqm_ci95_high):<18}  "
+                     f"{_number(row.best_eval_iqm):>5}")
+        lines.append(line.rstrip())
     return "\n".join(lines)
 
 
@@ -97,12 +106,15 @@ def run_demo(cores: int | None = None, root: Path = ROOT) -> int:
               f"run it by hand to see why: snakemake --report {exp_dir.relative_to(root) / REPORT_NAME}", file=sys.stderr)
         return code
 
+    from diffuser.reporting.page import PAGE_NAME  # written by the aggregate step
+
     summary, figures = exp_dir / "summary.csv", exp_dir / "figures"
     count = len([p for p in figures.iterdir() if p.suffix in (".png", ".svg")]) if figures.is_dir() else 0
     print(f"\ndemo finished: experiment {spec.exp_name}")
-    print(f"  summary: {_shown(summary)}   (one row per variant: mean and 95% CI over seeds)")
+    print(f"  summary: {_shown(summary)}   (one row per variant: mean, IQM and 95% CIs over seeds)")
     print(f"  figures: {_shown(figures)}/   ({count} files: learning curves, final scores, offline vs online)")
-    print(f"  report:  {_shown(exp_dir / REPORT_NAME)}   (open it in a browser)")
+    print(f"  page:    {_shown(exp_dir / PAGE_NAME)}   (one self-contained page: scores, figures, environment, spec)")
+    print(f"  report:  {_shown(exp_dir / REPORT_NAME)}   (Snakemake's report: open it in a browser)")
     print(f"  cells:   {_shown(exp_dir / 'cells')}/<cell>/   (config.yaml, metrics.csv, run.json, eval.json)")
     print(f"  logs:    {_shown(root / 'logs' / spec.exp_name)}/")
     print("  again:   make report   (summary, figures and report from the finished cells)")
@@ -115,6 +127,7 @@ def regenerate_report(spec_path: str | os.PathLike = DEFAULT_SPEC, root: Path = 
     """Summary, figures and report of an experiment again, from its finished cells (`make report`)."""
     from diffuser.config import ConfigError, load_spec
     from diffuser.reporting import aggregate_experiment
+    from diffuser.reporting.page import PAGE_NAME
 
     try:
         spec = load_spec(root / spec_path)
@@ -137,7 +150,7 @@ def regenerate_report(spec_path: str | os.PathLike = DEFAULT_SPEC, root: Path = 
         print(f"error: `snakemake --report` failed (exit status {code})", file=sys.stderr)
         return code
     print(f"summary: {_shown(exp_dir / 'summary.csv')}\nfigures: {_shown(exp_dir / 'figures')}/\n"
-          f"report:  {_shown(exp_dir / REPORT_NAME)}")
+          f"page:    {_shown(exp_dir / PAGE_NAME)}\nreport:  {_shown(exp_dir / REPORT_NAME)}")
     return 0
 
 

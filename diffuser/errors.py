@@ -38,6 +38,10 @@ class GpuPoolError(UserError, RuntimeError):
     """No GPU could be claimed: the pool stayed full, or a requested GPU is unusable."""
 
 
+class LoggerUnavailable(UserError):
+    """A logger the config asks for cannot run here (its package is missing, no wandb login)."""
+
+
 class ReportError(UserError):
     """A problem with an experiment's results that the user can fix (a missing or malformed file)."""
 

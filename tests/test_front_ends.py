@@ -265,7 +265,8 @@ def test_demo_runs_the_pipeline_and_the_report_then_says_where_everything_is(tmp
     assert first.returncode == 0, first.stdout + first.stderr
     assert "snakemake --cores 2" in first.stdout
     assert (results / "report.html").stat().st_size > 0 and (results / "summary.csv").exists()
-    for line in ("summary: results/tiny/summary.csv", "figures: results/tiny/figures/", "report:  results/tiny/report.html"):
+    for line in ("summary: results/tiny/summary.csv", "figures: results/tiny/figures/",
+                 "page:    results/tiny/summary.html", "report:  results/tiny/report.html"):
         assert line in first.stdout
     report = (results / "report.html").read_text(errors="replace")
     assert "final_scores.png" in report and "spec.yaml" in report and "summary.csv" in report
@@ -282,9 +283,14 @@ def test_demo_runs_the_pipeline_and_the_report_then_says_where_everything_is(tmp
     # `make report`: the summary, figures and report again from the finished cells, nothing retrained
     (results / "summary.csv").unlink()
     (results / "report.html").unlink()
+    (results / "summary.html").unlink()
     again = front_end(checkout, "-c", "import sys; from diffuser.demo import regenerate_report; sys.exit(regenerate_report())")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "online_training=True" in (results / "summary.csv").read_text()  # the real aggregate, from the cells
+    assert "page:    results/tiny/summary.html" in again.stdout
+    page = (results / "summary.html").read_text()  # the real page: the table and every figure in it
+    assert '<div id="score-table">' in page and "online_training=True" in page
+    assert page.count("data:image/png;base64,") == len(list((results / "figures").glob("*.png"))) > 0
     assert (results / "report.html").stat().st_size > 0
     assert (cell_dir(checkout, "online_training~False") / "final.pt").stat().st_mtime_ns == trained
 

@@ -10,7 +10,6 @@ from diffuser.reporting import (
     ReportError,
     aggregate_experiment,
     collect_cells,
-    student_t_quantile,
     summarize,
     write_summary,
 )
@@ -51,17 +50,6 @@ def make_experiment(exp_dir, steps_per_seed=None):
         for seed, score in by_seed.items():
             write_cell(exp_dir, online, seed, score, steps_per_seed.get(seed, range(0, 101, 10)))
     return exp_dir
-
-
-def test_t_quantile_matches_table_and_closed_forms():
-    table = {1: 12.706, 2: 4.303, 3: 3.182, 10: 2.228, 30: 2.042, 10**6: 1.960}
-    for df, expected in table.items():
-        assert student_t_quantile(0.975, df) == pytest.approx(expected, abs=1e-3)
-    for p in (0.6, 0.9, 0.99, 0.999):
-        # df 1 is the Cauchy distribution; df 2 has a closed-form inverse.
-        assert student_t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-9)
-        assert student_t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel=1e-9)
-        assert student_t_quantile(1 - p, 5) == pytest.approx(-student_t_quantile(p, 5), rel=1e-12)
 
 
 def test_summary_mean_and_ci_over_seeds(tmp_path):
@@ -154,12 +142,14 @@ def test_aggregate_writes_summary_and_readable_figures(aggregated):
     expected = {"curve_loss.png", "curve_diffusion_loss.png", "curve_vae_kl_loss.png", "curve_policy_loss.png",
                 "curve_eval_normalized_score.png", "final_scores.png", "final_scores.svg",
                 "final_score_by_online_training.png", "final_score_by_online_training.svg",
-                "offline_vs_online.png", "offline_vs_online.svg"}
+                "offline_vs_online.png", "offline_vs_online.svg", "iqm_scores.png",
+                "performance_profile.png", "probability_of_improvement.png"}
     assert expected <= set(paths)
     for name, path in paths.items():
         assert path.exists() and path.stat().st_size > 0
-        if name.endswith(".png"):
+        if name.endswith(".png") or name.endswith(".svg"):
             assert path.parent == exp_dir / "figures"
+        if name.endswith(".png"):
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
             pixels = matplotlib.image.imread(path)
             assert pixels.shape[0] > 300 and pixels.shape[1] > 600
@@ -214,6 +204,51 @@ def test_aggregate_command_reads_the_cells_of_its_spec_only(tmp_path):
     assert json.loads((exp_dir / "summary.json").read_text())["online_training=False"]["n_seeds"] == 2
 
 
+def test_summary_has_iqm_and_best_periodic_evaluation(aggregated):
+    from diffuser.reporting.stats import iqm
+
+    exp_dir, _ = aggregated
+    summary = pd.read_csv(exp_dir / "summary.csv").set_index("variant")
+    for online, by_seed in SCORES.items():
+        row = summary.loc[f"online_training={online}"]
+        assert row["iqm"] == pytest.approx(iqm(list(by_seed.values())))
+        assert row["iqm_ci95_low"] <= row["iqm"] <= row["iqm_ci95_high"]
+        # write_cell logs eval_normalized_score = score * step / 100 up to step 100: the best is the score
+        assert row["best_eval_mean"] == pytest.approx(np.mean(list(by_seed.values())))
+    pairs = pd.read_csv(exp_dir / "improvement.csv")
+    assert list(pairs["label"]) == ["online_training: True vs False"]
+    assert pairs["probability"].iloc[0] == pytest.approx(1.0)  # every online seed beats every offline one
+    saved = json.loads((exp_dir / "summary.json").read_text())["online_training=True"]
+    assert saved["iqm_normalized_score"] == pytest.approx(summary.loc["online_training=True", "iqm"])
+
+
+def test_the_page_holds_the_table_every_figure_and_the_spec(aggregated):
+    import base64
+    import re
+
+    exp_dir, paths = aggregated
+    (exp_dir / "spec.yaml").write_text("meta_data:\n  exp_name: exp\nvariables:\n  seed: [100, 200, 300]\n")
+    from diffuser.reporting.page import write_page
+
+    page_path = write_page(exp_dir, VARIABLES)
+    assert page_path == paths["page"] == exp_dir / "summary.html"
+    page = page_path.read_text()
+    table = page[page.index('<div id="score-table">'):]
+    table = table[:table.index("</table>")]
+    for online, by_seed in SCORES.items():
+        assert f"online_training={online}" in table
+        assert f"{np.mean(list(by_seed.values())):.1f}" in table
+    embedded = dict(re.findall(r'<figure data-figure="([^"]+)"><img alt="[^"]+" src="data:image/png;base64,([^"]+)"', page))
+    pngs = sorted((exp_dir / "figures").glob("*.png"))
+    assert sorted(embedded) == sorted(p.stem for p in pngs) and len(pngs) >= 10
+    for png in pngs:
+        assert base64.b64decode(embedded[png.stem]) == png.read_bytes()
+    assert "P(X &gt; Y)" in page and "online_training: True vs False" in page
+    assert "exp_name: exp" in page[page.index('<pre id="spec">'):]
+    assert "rliable" in page and "scipy" in page and "<h2>Cells</h2>" in page
+    assert "src=\"http" not in page and "<script" not in page  # nothing to fetch
+
+
 def test_success_rate_scores_are_named_so_in_summary_and_figures(tmp_path):
     from diffuser.reporting.figures import final_score_label, metric_label
 
@@ -228,12 +263,11 @@ def test_success_rate_scores_are_named_so_in_summary_and_figures(tmp_path):
     assert set(summarize(cells, VARIABLES)["score"]) == {"success_rate"}
     assert final_score_label(cells) == "Success rate, % (final evaluation)"
     assert metric_label("eval_normalized_score", "success_rate") == "Success rate, % (evaluation)"
+    from diffuser.reporting.page import write_page
 
-
-@pytest.mark.parametrize(("p", "df"), [(0.0, 3), (1.0, 3), (0.975, 0)])
-def test_t_quantile_rejects_impossible_arguments(p, df):
-    with pytest.raises(ValueError, match="0 < p < 1 and df > 0"):
-        student_t_quantile(p, df)
+    write_summary(exp_dir, VARIABLES)
+    page = write_page(exp_dir, VARIABLES).read_text()
+    assert "success rates in percent" in page and "0 = a random policy" not in page
 
 
 def test_summary_rows_follow_the_numeric_order_of_a_swept_value(tmp_path):

@@ -35,6 +35,8 @@ PROFILE_VARIABLES = ("SLURM_PARTITION", "SLURM_ACCOUNT", "DIFFUSER_SLURM_GPUS", 
 SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.+?)\)")
 FINISHED = re.compile(r"Finished jobid: (\d+) \(Rule: (\w+)\)")
 LOCAL_RULE = re.compile(r"^localrule (\w+):", re.MULTILINE)
+RULE_START = re.compile(r"^rule (\w+):", re.MULTILINE)
+LOCAL_DIRECTIVE = re.compile(r"^\s+localrule:\s*True\b", re.MULTILINE)
 # a submission rejected by sbatch must end the run this fast, not after status polling
 FAIL_FAST_SECONDS = 30
 
@@ -306,6 +308,21 @@ def run_locally(python: str, sweep: Sweep, env: dict) -> subprocess.CompletedPro
     return run_snakemake(python, sweep, env, "--cores", "2")
 
 
+def declared_local_rules(directory: Path) -> set[str]:
+    """The rules the workflow marks `localrule: True` (run on the submitting host, never by sbatch)."""
+    local = set()
+    for path in [directory / "Snakefile", *directory.glob("workflow/rules/*.smk")]:
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        starts = list(RULE_START.finditer(text))
+        for start, following in zip(starts, starts[1:] + [None]):
+            block = text[start.end() : following.start() if following else len(text)]
+            if LOCAL_DIRECTIVE.search(block):
+                local.add(start[1])
+    return local
+
+
 def clear_outputs(directory: Path) -> None:
     for name in ("results", "data", ".snakemake"):
         shutil.rmtree(directory / name, ignore_errors=True)
@@ -334,7 +351,8 @@ def test_sweep_on_slurm_runs_every_job_as_a_slurm_job_with_local_results(
 
     submitted = {int(job): int(slurm_job) for job, slurm_job, _ in SUBMITTED.findall(log)}
     finished = {int(job): rule for job, rule in FINISHED.findall(log)}
-    local_rules = set(LOCAL_RULE.findall(log))
+    # a job with a `message:` is logged by its message, not as "localrule NAME:"
+    local_rules = set(LOCAL_RULE.findall(log)) | declared_local_rules(sweep.directory)
     if sweep.local_rules is not None:
         assert local_rules == sweep.local_rules
     remote_jobs = {job for job, rule in finished.items() if rule not in local_rules}
@@ -342,6 +360,8 @@ def test_sweep_on_slurm_runs_every_job_as_a_slurm_job_with_local_results(
     assert remote_jobs <= set(submitted), (
         f"jobs that did not go through sbatch: {remote_jobs - set(submitted)}"
     )
+    local_jobs = {job for job, rule in finished.items() if rule in local_rules}
+    assert not local_jobs & set(submitted), f"local jobs that went through sbatch: {local_jobs & set(submitted)}"
     assert len(set(submitted.values())) == len(submitted), "two jobs share a SLURM job id"
     for slurm_log in (match[2] for match in SUBMITTED.findall(log)):
         assert Path(slurm_log).is_file() and "Finished jobid" in Path(slurm_log).read_text()

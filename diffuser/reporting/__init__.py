@@ -8,11 +8,10 @@ from pathlib import Path
 from diffuser.reporting.aggregate import (
     ReportError,
     collect_cells,
-    mean_confidence_interval,
-    student_t_quantile,
     summarize,
     write_summary,
 )
+from diffuser.reporting.stats import iqm, iqm_interval, mean_confidence_interval, probability_of_improvement
 
 FIGURES_DIRNAME = "figures"
 
@@ -20,9 +19,11 @@ __all__ = [
     "ReportError",
     "aggregate_experiment",
     "collect_cells",
+    "iqm",
+    "iqm_interval",
     "make_figures",
     "mean_confidence_interval",
-    "student_t_quantile",
+    "probability_of_improvement",
     "summarize",
     "write_summary",
 ]
@@ -46,7 +47,8 @@ def aggregate_experiment(exp_dir: str | os.PathLike, variables: list[str], repli
     `cells`: the cell paths of the experiment's spec (`[cell.name for cell in spec.cells()]`), so
     cell folders left from an earlier spec are not counted; None summarizes every cell found under
     `exp_dir/cells`. Figures of an earlier run that this one did not draw are removed.
-    Returns {"summary_csv": path, "summary_json": path, <figure file name>: path, ...}.
+    Also writes summary.html, the self-contained report page (diffuser.reporting.page).
+    Returns {"summary_csv": path, "summary_json": path, "page": path, <figure file name>: path, ...}.
     """
     exp_dir = Path(exp_dir)
     summary_csv = write_summary(exp_dir, variables, replicate, cells)
@@ -58,4 +60,7 @@ def aggregate_experiment(exp_dir: str | os.PathLike, variables: list[str], repli
     for old in figures_dir.iterdir():
         if old.suffix in FIGURE_SUFFIXES and old not in written:
             old.unlink()
+    from diffuser.reporting.page import write_page
+
+    paths["page"] = write_page(exp_dir, variables, replicate, cells, figures_dir)
     return paths

@@ -1,8 +1,10 @@
-"""Per-cell final scores of an experiment and their summary over seeds (mean, 95% CI, range).
+"""Per-cell scores of an experiment and their summary over seeds.
 
-The t quantile of the confidence interval is computed here (scipy is not a dependency): the
-Student t CDF is written with the regularized incomplete beta function (continued fraction) and
-inverted by bisection, which is exact to ~1e-12 for any number of degrees of freedom.
+Per cell: the final evaluation (eval.json) and the best and last periodic evaluations during
+training (`eval_normalized_score` in metrics.csv). Per variant: mean and Student t 95% CI of the
+final score, its interquartile mean with a stratified bootstrap 95% CI (diffuser.reporting.stats),
+and the same IQM for the best periodic evaluation, labelled as such (picking the best checkpoint
+after the fact flatters a method, so the final score is the headline).
 """
 
 from __future__ import annotations
@@ -17,12 +19,19 @@ import pandas as pd
 import yaml
 
 from diffuser.errors import ReportError
+from diffuser.reporting.stats import (
+    iqm_interval,
+    mean_confidence_interval,
+    probability_of_improvement,
+)
 
-CONFIDENCE = 0.95
 CELLS_DIRNAME = "cells"
 CELL_FILES = ("config.yaml", "metrics.csv", "eval.json")
 NO_INTERVAL_NOTE = "1 seed: no confidence interval"
 ALL_VARIANTS_LABEL = "all"
+EVAL_METRIC = "eval_normalized_score"
+# A swept variable with this name holds tasks: aggregates over tasks stratify by it.
+TASK_VARIABLE = "dataset"
 
 # eval.json key -> column of the cells table; the first two are required.
 EVAL_COLUMNS = {
@@ -34,79 +43,8 @@ EVAL_COLUMNS = {
     "score": "score",  # what normalized_score measures: normalized_return, or success_rate (in percent)
 }
 REQUIRED_EVAL_KEYS = ("mean_normalized_score", "mean_return")
+PERIODIC_COLUMNS = ("best_eval_score", "best_eval_step", "last_eval_score", "last_eval_step")
 SUCCESS_RATE, NORMALIZED_RETURN = "success_rate", "normalized_return"  # diffuser.envs.scores' score names
-
-
-# --- Student t quantile -------------------------------------------------------------------------
-
-def _regularized_incomplete_beta(x: float, a: float, b: float) -> float:
-    """I_x(a, b), by the continued fraction of the incomplete beta function (modified Lentz)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    # The continued fraction converges fast only below its mean; use the symmetry above it.
-    if x > (a + 1.0) / (a + b + 2.0):
-        return 1.0 - _regularized_incomplete_beta(1.0 - x, b, a)
-    log_beta = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
-    front = math.exp(a * math.log(x) + b * math.log1p(-x) - log_beta) / a
-    tiny, eps = 1e-300, 1e-15
-    # CF = 1 / (1 + d1 / (1 + d2 / (1 + ...))); numerators 1, d1, d2, ..., all denominators 1.
-    f, c, d = tiny, tiny, 0.0
-    for n in range(0, 400):
-        if n == 0:
-            numerator = 1.0
-        elif n % 2 == 1:
-            m = (n - 1) // 2
-            numerator = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
-        else:
-            m = n // 2
-            numerator = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
-        d = 1.0 + numerator * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + numerator / c
-        c = c if abs(c) > tiny else tiny
-        delta = c * d
-        f *= delta
-        if abs(delta - 1.0) < eps:
-            break
-    return front * f
-
-
-def student_t_quantile(p: float, df: float) -> float:
-    """The p-quantile of Student's t distribution with `df` degrees of freedom (0 < p < 1, df > 0)."""
-    if not 0.0 < p < 1.0 or not df > 0:
-        raise ValueError(f"student_t_quantile needs 0 < p < 1 and df > 0, got p={p}, df={df}")
-    if p == 0.5:
-        return 0.0
-    if p < 0.5:
-        return -student_t_quantile(1.0 - p, df)
-    # For t > 0: P(T > t) = I_x(df/2, 1/2) / 2 with x = df / (df + t^2); I_x increases with x.
-    target = 2.0 * (1.0 - p)
-    lo, hi = 0.0, 1.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if _regularized_incomplete_beta(mid, 0.5 * df, 0.5) < target:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-17:
-            break
-    x = 0.5 * (lo + hi)
-    return math.sqrt(df * (1.0 - x) / x)
-
-
-def mean_confidence_interval(values, level: float = CONFIDENCE) -> tuple[float, float]:
-    """(mean, half-width of the Student t confidence interval of the mean); half-width NaN for n < 2."""
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return math.nan, math.nan
-    mean = float(values.mean())
-    if values.size < 2:
-        return mean, math.nan
-    sem = float(values.std(ddof=1)) / math.sqrt(values.size)
-    return mean, student_t_quantile(0.5 + level / 2.0, values.size - 1) * sem
 
 
 # --- cells --------------------------------------------------------------------------------------
@@ -192,6 +130,32 @@ def _read_eval(exp_dir: str | os.PathLike, cell: str) -> dict:
     return result
 
 
+def load_metrics(exp_dir: str | os.PathLike, cell: str) -> pd.DataFrame:
+    """A cell's metrics.csv (columns step, metric, value)."""
+    path = cell_dir(exp_dir, cell) / "metrics.csv"
+    if not path.exists():
+        raise ReportError(f"cell {cell} has no metrics.csv ({path}): run its train step.")
+    table = pd.read_csv(path)
+    missing = {"step", "metric", "value"} - set(table.columns)
+    if missing:
+        raise ReportError(f"{path} lacks the columns {sorted(missing)}: it must be the tidy table step,metric,value.")
+    return table
+
+
+def best_and_last(metrics: pd.DataFrame, metric: str = EVAL_METRIC) -> dict:
+    """The best (highest; the earliest step on a tie) and the last logged value of `metric`.
+
+    {best_eval_score, best_eval_step, last_eval_score, last_eval_step}; NaN when it was never logged.
+    """
+    rows = metrics[metrics["metric"] == metric].sort_values("step", kind="stable")
+    if rows.empty:
+        return dict.fromkeys(PERIODIC_COLUMNS, math.nan)
+    values, steps = rows["value"].to_numpy(dtype=float), rows["step"].to_numpy()
+    best = int(np.argmax(values))
+    return {"best_eval_score": float(values[best]), "best_eval_step": int(steps[best]),
+            "last_eval_score": float(values[-1]), "last_eval_step": int(steps[-1])}
+
+
 def collect_cells(exp_dir: str | os.PathLike, variables: list[str] | None = None,
                   cells: list[str] | None = None) -> pd.DataFrame:
     """One row per cell: `cell`, each variable's value, and the final evaluation's results.
@@ -200,7 +164,8 @@ def collect_cells(exp_dir: str | os.PathLike, variables: list[str] | None = None
     spec are ignored); None reads every cell found under `exp_dir/cells`. The variables are the
     given names plus those the cell paths name; each value is taken from the cell's config.yaml
     (typed), else from its path. Result columns: normalized_score, return, success_rate, eval_step,
-    num_episodes, score.
+    num_episodes, score (the final evaluation), then best_eval_score, best_eval_step,
+    last_eval_score, last_eval_step (the periodic evaluations in metrics.csv; NaN without them).
     """
     cells = find_cells(exp_dir) if cells is None else sorted(cells)
     if not cells:
@@ -226,8 +191,10 @@ def collect_cells(exp_dir: str | os.PathLike, variables: list[str] | None = None
         for key, column in EVAL_COLUMNS.items():
             value = result.get(key)
             row[column] = math.nan if value is None else value
+        has_metrics = (cell_dir(exp_dir, cell) / "metrics.csv").exists()
+        row.update(best_and_last(load_metrics(exp_dir, cell)) if has_metrics else dict.fromkeys(PERIODIC_COLUMNS, math.nan))
         rows.append(row)
-    return pd.DataFrame(rows, columns=["cell", *names, *EVAL_COLUMNS.values()])
+    return pd.DataFrame(rows, columns=["cell", *names, *EVAL_COLUMNS.values(), *PERIODIC_COLUMNS])
 
 
 # --- variants and summary -----------------------------------------------------------------------
@@ -277,16 +244,37 @@ def label_variants(cells_df: pd.DataFrame, variables: list[str], replicate: str 
     return cells
 
 
-def summarize(cells_df: pd.DataFrame, variables: list[str], replicate: str = "seed") -> pd.DataFrame:
-    """One row per variant: n_seeds, mean, std, 95% CI of the mean over seeds (Student t), min, max.
+def _iqm_columns(prefix: str, scores) -> dict:
+    """{prefix}iqm and its 95% bootstrap interval over runs ([runs] or [runs, tasks]); NaN when a
+    1-D array has no finite score or a 2-D one has a missing score."""
+    scores = np.asarray(scores, dtype=float)
+    if scores.ndim == 1:
+        scores = scores[np.isfinite(scores)]
+    if scores.size == 0 or not np.isfinite(scores).all():
+        return {f"{prefix}iqm": math.nan, f"{prefix}iqm_ci95_low": math.nan, f"{prefix}iqm_ci95_high": math.nan}
+    point, low, high = iqm_interval(scores)
+    return {f"{prefix}iqm": point, f"{prefix}iqm_ci95_low": low, f"{prefix}iqm_ci95_high": high}
 
-    With one seed the interval (and std) is NaN and the `note` column says so.
+
+def _mean_or_nan(values) -> float:
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else math.nan
+
+
+def summarize(cells_df: pd.DataFrame, variables: list[str], replicate: str = "seed") -> pd.DataFrame:
+    """One row per variant: n_seeds; the final score's mean, std, Student t 95% CI, min, max, IQM
+    with its stratified bootstrap 95% CI; the best periodic evaluation's mean and IQM with CI
+    (`best_eval_*`); mean return and success rate of the final evaluation.
+
+    With one seed the intervals (and std) are NaN and the `note` column says so.
     """
     group_by = variant_variables(variables, replicate)
     cells = label_variants(cells_df, variables, replicate)
     rows = []
     for label, group in cells.groupby("variant", sort=False):
         scores = group["normalized_score"].to_numpy(dtype=float)
+        best = group["best_eval_score"].to_numpy(dtype=float) if "best_eval_score" in group else np.array([])
         mean, half = mean_confidence_interval(scores)
         row = {name: group[name].iloc[0] for name in group_by}
         row.update(
@@ -300,6 +288,9 @@ def summarize(cells_df: pd.DataFrame, variables: list[str], replicate: str = "se
             ci95_half_width=half,
             min=float(scores.min()),
             max=float(scores.max()),
+            **_iqm_columns("", scores),
+            best_eval_mean=_mean_or_nan(best),
+            **_iqm_columns("best_eval_", best),
             return_mean=float(group["return"].astype(float).mean()),
             success_rate_mean=float(group["success_rate"].astype(float).mean()),
             score=score_kind(group),
@@ -316,27 +307,115 @@ def score_kind(cells_df: pd.DataFrame) -> str:
     return SUCCESS_RATE if kinds == {SUCCESS_RATE} else NORMALIZED_RETURN
 
 
+def _runs_by_tasks(cells: pd.DataFrame, column: str, replicate: str, tasks: list) -> np.ndarray:
+    """[runs, tasks] of `column`: one column per task, runs aligned by replicate; seeds missing a
+    task are dropped, so every task counts the same runs."""
+    if TASK_VARIABLE not in cells.columns or len(tasks) < 2:
+        return cells[column].to_numpy(dtype=float)[:, None]
+    table = cells.pivot_table(index=replicate, columns=TASK_VARIABLE, values=column, aggfunc="first")
+    return table.reindex(columns=tasks).dropna().to_numpy(dtype=float)
+
+
+def task_variable(cells_df: pd.DataFrame, variables: list[str], replicate: str = "seed") -> str | None:
+    """TASK_VARIABLE when the experiment sweeps it over several values, else None."""
+    swept = variant_variables(variables, replicate)
+    if TASK_VARIABLE in swept and cells_df[TASK_VARIABLE].nunique() > 1:
+        return TASK_VARIABLE
+    return None
+
+
+def summarize_over_tasks(cells_df: pd.DataFrame, variables: list[str], replicate: str = "seed") -> pd.DataFrame:
+    """When several tasks (datasets) are swept: one row per variant of the other variables, with the
+    IQM over runs x tasks of the final score and of the best periodic evaluation, each with its
+    stratified bootstrap 95% CI (runs resampled within each task). Empty otherwise."""
+    if task_variable(cells_df, variables, replicate) is None:
+        return pd.DataFrame()
+    others = [name for name in variant_variables(variables, replicate) if name != TASK_VARIABLE]
+    cells = label_variants(cells_df, variables, replicate)
+    tasks = sorted(cells[TASK_VARIABLE].unique(), key=sort_key)
+    setting = [variant_label({n: row[n] for n in others}) for _, row in cells.iterrows()]
+    rows = []
+    for label, group in cells.groupby(setting, sort=False):
+        final = _runs_by_tasks(group, "normalized_score", replicate, tasks)
+        best = _runs_by_tasks(group, "best_eval_score", replicate, tasks)
+        row = {name: group[name].iloc[0] for name in others}
+        row.update(variant=label, n_tasks=final.shape[1], n_seeds=final.shape[0],
+                   **_iqm_columns("", final), **_iqm_columns("best_eval_", best))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def improvement_pairs(cells_df: pd.DataFrame, variables: list[str], replicate: str = "seed") -> pd.DataFrame:
+    """P(X > Y) of the final score, with its 95% bootstrap CI, for variants that differ in one
+    swept variable only: for each such variable and each setting of the others, every later value
+    (X) against every earlier one (Y) in sorted order. Over tasks when several are swept.
+
+    Columns: variable, setting, x, y, label ('online_training: True vs False'), probability,
+    ci95_low, ci95_high, n_x, n_y.
+    """
+    task = task_variable(cells_df, variables, replicate)
+    swept = [name for name in variant_variables(variables, replicate) if name != task]
+    cells = label_variants(cells_df, variables, replicate)
+    tasks = sorted(cells[task].unique(), key=sort_key) if task else []
+    rows = []
+    for variable in swept:
+        others = [name for name in swept if name != variable]
+        setting = pd.Series([variant_label({n: row[n] for n in others}) if others else "" for _, row in cells.iterrows()],
+                            index=cells.index)
+        for label in dict.fromkeys(setting):
+            in_setting = cells[setting == label]
+            values = sorted(in_setting[variable].unique(), key=sort_key)
+            for j, x in enumerate(values):
+                for y in values[:j]:
+                    scores_x = _runs_by_tasks(in_setting[in_setting[variable] == x], "normalized_score", replicate, tasks)
+                    scores_y = _runs_by_tasks(in_setting[in_setting[variable] == y], "normalized_score", replicate, tasks)
+                    p, low, high = probability_of_improvement(scores_x, scores_y)
+                    rows.append(dict(variable=variable, setting=label, x=x, y=y,
+                                     label=f"{variable}: {x} vs {y}" + (f" [{label}]" if label else ""),
+                                     probability=p, ci95_low=low, ci95_high=high,
+                                     n_x=scores_x.shape[0], n_y=scores_y.shape[0]))
+    columns = ["variable", "setting", "x", "y", "label", "probability", "ci95_low", "ci95_high", "n_x", "n_y"]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def _finite_or_none(value: float):
     return float(value) if math.isfinite(value) else None
 
 
+SUMMARY_FILES = {"summary": "summary.csv", "over_tasks": "summary_tasks.csv", "improvement": "improvement.csv"}
+
+
 def write_summary(exp_dir: str | os.PathLike, variables: list[str], replicate: str = "seed",
                   cells: list[str] | None = None) -> Path:
-    """Writes `exp_dir/summary.csv` and `exp_dir/summary.json` (DVC metrics: mean score per variant).
+    """Writes under `exp_dir`: summary.csv (`summarize`), improvement.csv (`improvement_pairs`),
+    summary_tasks.csv when several tasks are swept (`summarize_over_tasks`), and summary.json (DVC
+    metrics: per variant the final score's mean, CI half-width, IQM and its CI, the best periodic
+    evaluation's IQM, seeds).
 
     `cells` as in `collect_cells`. Returns the path of summary.csv.
     """
     exp_dir = Path(exp_dir)
-    summary = summarize(collect_cells(exp_dir, variables, cells), variables, replicate)
-    csv_path, json_path = exp_dir / "summary.csv", exp_dir / "summary.json"
-    summary.to_csv(csv_path, index=False)
+    cells_df = collect_cells(exp_dir, variables, cells)
+    summary = summarize(cells_df, variables, replicate)
+    summary.to_csv(exp_dir / SUMMARY_FILES["summary"], index=False)
+    improvement_pairs(cells_df, variables, replicate).to_csv(exp_dir / SUMMARY_FILES["improvement"], index=False)
+    over_tasks = summarize_over_tasks(cells_df, variables, replicate)
+    tasks_path = exp_dir / SUMMARY_FILES["over_tasks"]
+    if over_tasks.empty:
+        tasks_path.unlink(missing_ok=True)
+    else:
+        over_tasks.to_csv(tasks_path, index=False)
     metrics = {
         row.variant: {
             "mean_normalized_score": _finite_or_none(row.mean),
             "ci95_half_width": _finite_or_none(row.ci95_half_width),
+            "iqm_normalized_score": _finite_or_none(row.iqm),
+            "iqm_ci95_low": _finite_or_none(row.iqm_ci95_low),
+            "iqm_ci95_high": _finite_or_none(row.iqm_ci95_high),
+            "best_eval_iqm": _finite_or_none(row.best_eval_iqm),
             "n_seeds": int(row.n_seeds),
         }
         for row in summary.itertuples()
     }
-    json_path.write_text(json.dumps(metrics, indent=2) + "\n")
-    return csv_path
+    (exp_dir / "summary.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return exp_dir / SUMMARY_FILES["summary"]

@@ -17,20 +17,21 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from diffuser.reporting.aggregate import (
-    CONFIDENCE,
     NORMALIZED_RETURN,
     SUCCESS_RATE,
-    ReportError,
-    cell_dir,
     collect_cells,
+    improvement_pairs,
     label_variants,
-    mean_confidence_interval,
+    load_metrics,
     read_cell_config,
     score_kind,
     sort_key,
+    summarize,
     variant_label,
     variant_variables,
 )
+from diffuser.reporting.robust_figures import plot_improvement, plot_iqm, plot_performance_profile
+from diffuser.reporting.stats import CONFIDENCE, mean_confidence_interval
 
 EVAL_SCORE = "eval_normalized_score"
 ONLINE_VARIABLE = "online_training"
@@ -66,18 +67,6 @@ ERRORBAR_NOTE = f"error bars: {CONFIDENCE:.0%} CI of the mean over seeds (Studen
 
 
 # --- data ---------------------------------------------------------------------------------------
-
-def load_metrics(exp_dir: str | os.PathLike, cell: str) -> pd.DataFrame:
-    """A cell's metrics.csv (columns step, metric, value)."""
-    path = cell_dir(exp_dir, cell) / "metrics.csv"
-    if not path.exists():
-        raise ReportError(f"cell {cell} has no metrics.csv ({path}): run its train step.")
-    table = pd.read_csv(path)
-    missing = {"step", "metric", "value"} - set(table.columns)
-    if missing:
-        raise ReportError(f"{path} lacks the columns {sorted(missing)}: it must be the tidy table step,metric,value.")
-    return table
-
 
 def curve_metrics(names) -> list[str]:
     """The metrics that get a learning curve, in display order: training terms, then the eval score."""
@@ -353,6 +342,8 @@ def make_figures(
     """Writes every figure of the experiment to `out_dir` and returns their paths.
 
     Files: curve_<metric>.png per training term and the evaluation score; final_scores.{png,svg};
+    iqm_scores.png (final and best periodic evaluation); performance_profile.png;
+    probability_of_improvement.png when variants differ in one variable;
     final_score_by_<variable>.{png,svg} per swept variable other than the replicate; and
     offline_vs_online.{png,svg} when online_training is swept. `cells`: the cell paths to draw
     (see collect_cells; None: every cell under `exp_dir/cells`).
@@ -370,6 +361,13 @@ def make_figures(
         written += _save(fig, out_dir, f"curve_{metric}", svg=False)
 
     written += _save(plot_final_scores(cells, colors), out_dir, "final_scores", svg=True)
+    plain_cells, score_name = cells.drop(columns="variant"), SCORE_NAMES[score_kind(cells)]
+    fig = plot_iqm(summarize(plain_cells, variables, replicate), colors, score_name)
+    written += _save(fig, out_dir, "iqm_scores", svg=False)
+    written += _save(plot_performance_profile(cells, colors, score_name), out_dir, "performance_profile", svg=False)
+    pairs = improvement_pairs(plain_cells, variables, replicate)
+    if not pairs.empty:
+        written += _save(plot_improvement(pairs), out_dir, "probability_of_improvement", svg=False)
     for variable in group_by:
         others = [name for name in group_by if name != variable]
         fig = plot_score_by_variable(cells, variable, others)

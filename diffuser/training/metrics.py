@@ -42,12 +42,13 @@ class MetricsLogger:
             w.writerows(rows)
         os.replace(tmp, self.path)
 
-    def log(self, step: int, values: dict[str, float]) -> None:
-        for name, value in values.items():
-            value = float(value)
-            if math.isfinite(value):
-                self._writer.writerow((int(step), name, repr(value)))
+    def log(self, step: int, values: dict[str, float]) -> dict[str, float]:
+        """Writes the finite values of `values` at `step`; returns them (what was logged)."""
+        logged = {name: float(value) for name, value in values.items() if math.isfinite(float(value))}
+        for name, value in logged.items():
+            self._writer.writerow((int(step), name, repr(value)))
         self._file.flush()
+        return logged
 
     def close(self) -> None:
         self._file.close()

@@ -33,11 +33,13 @@ from diffuser.training.checkpoints import (
     step_checkpoint_path,
 )
 from diffuser.training.compiled import CompiledOrEager
-from diffuser.training.metrics import MetricsLogger, MetricSums
+from diffuser.training.loggers import RunLoggers
+from diffuser.training.metrics import MetricSums
 
 # Config keys a resumed run may change without changing what it computes (a longer run extends a shorter one).
 RESUMABLE_KEYS = frozenset({
     "n_train_steps", "eval_freq", "num_eval", "log_freq", "save_freq", "device", "num_threads", "continue_training",
+    "loggers", "wandb_project",
 })
 
 
@@ -255,7 +257,7 @@ class Trainer:
         self.metric_sums.add(self.train_step())
         self.metric_sums.add(self._after_step(self.step))
 
-    def _flush_log(self, logger: MetricsLogger, last_time: float, last_step: int) -> dict[str, float]:
+    def _flush_log(self, logger: RunLoggers, last_time: float, last_step: int) -> dict[str, float]:
         """Log the means since the last row (checked finite) with the rate since `last_time`; returns the row."""
         row = self._checked_means()  # waits for the device: the rate below counts the steps' real time
         elapsed, steps_done = time.perf_counter() - last_time, self.step - last_step
@@ -278,7 +280,7 @@ class Trainer:
             device=self.device,
         )
 
-    def evaluate(self, logger: MetricsLogger | None = None) -> dict:
+    def evaluate(self, logger: RunLoggers | None = None) -> dict:
         result = self.evaluator.evaluate(self.policy(use_ema=True))
         result.update(step=self.step, ema=True)
         if logger is not None:
@@ -293,7 +295,7 @@ class Trainer:
         """Run until `total_steps()`, resuming first if possible; returns the path `write_final` wrote."""
         cfg = self.config
         resumed = self.resume_if_possible()
-        logger = MetricsLogger(self.run_dir / "metrics.csv", resume_step=self.step if resumed else None)
+        logger = RunLoggers(self.run_dir, cfg, resume_step=self.step if resumed else None)
         try:
             start_step = self.step
             last_log_time, last_log_step = time.perf_counter(), self.step

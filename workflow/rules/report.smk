@@ -1,4 +1,5 @@
-# One summary per experiment: the score table over seeds and the figures, from every cell.
+# One summary per experiment: the score table over seeds, the figures and summary.html (a
+# self-contained page with both, the cells, the environment and the spec), from every cell.
 # `snakemake --report results/<exp>/report.html` (make demo does it) collects the score table, the
 # figures and the resolved spec into one HTML file.
 import mimetypes
@@ -35,6 +36,7 @@ rule aggregate:
     output:
         summary=report(f"{RESULTS}/summary.csv", caption="../report/summary.rst", category="Scores"),
         summary_json=f"{RESULTS}/summary.json",
+        page=f"{RESULTS}/summary.html",
         figures=report(
             directory(f"{RESULTS}/figures"),
             patterns=["{name}.png"],
