@@ -80,6 +80,7 @@ def test_run_all_runs_or_names_every_benchmark_script():
     assert not set(run_all.BENCHMARKS) & set(run_all.NOT_RUN)
 
 
+@pytest.mark.slow  # three worker processes, each importing torch: ~35 s on the 2-core machine
 def test_bench_fast_step_reports_ratios_to_the_first_variant_and_the_floor(tiny_maze_data, capsys):
     rows = bench("fast_step").main(
         ["--data-dir", str(tiny_maze_data), "--steps", "2", "--warmup", "1", "--repeats", "2", "--no-compile", *TINY]
@@ -94,6 +95,7 @@ def test_bench_fast_step_reports_ratios_to_the_first_variant_and_the_floor(tiny_
     assert "x floor" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # three worker processes, each importing torch: ~35 s on the 2-core machine
 def test_bench_gpu_cells_runs_cells_side_by_side(tiny_maze_data, capsys):
     # on the CPU here: the script's logic, not a GPU's speed
     rows = bench("gpu_cells").main(["--data-dir", str(tiny_maze_data), "--device", "cpu", "--cells", "1", "2",
