@@ -96,3 +96,21 @@ def test_a_longer_run_resumes_from_the_newest_checkpoint(tmp_path):
                                first.optimizer.state_dict()["state"][0]["exp_avg"])
     assert torch.equal(second.generator.get_state(), first.generator.get_state())
     assert not torch.allclose(second.model.w, ToyModel().w), "a restart from scratch is not a resume"
+
+
+def test_a_checkpoint_of_an_older_layout_is_set_aside_and_training_starts_over(tmp_path, capsys):
+    from diffuser.training.checkpoints import latest_checkpoint, save_checkpoint
+
+    config = {**CONFIG, "n_train_steps": 6, "log_freq": 3, "eval_freq": 100, "save_freq": 3, "continue_training": True}
+    Trainer(config, ToyData(), ToyModel(), tmp_path).train()
+    path = latest_checkpoint(tmp_path / "checkpoints")
+    state = load_checkpoint(path)
+    state["log_sums"], state["log_counts"] = {"loss": 1.0}, {"loss": 1}  # metric sums as older versions wrote them
+    del state["log_since"]
+    save_checkpoint(path, state)
+    capsys.readouterr()
+    fresh = Trainer({**config, "n_train_steps": 9}, ToyData(), ToyModel(), tmp_path)
+    assert not fresh.resume_if_possible() and fresh.step == 0
+    assert "do not fit this version's model or trainer" in capsys.readouterr().err
+    torch.testing.assert_close(fresh.model.w, ToyModel().w)  # the half-loaded state was undone
+    assert len(list(tmp_path.glob("checkpoints.replaced-*"))) == 1
