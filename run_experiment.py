@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, GpuRequestError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    command = snakemake_command(cores=args.cores, jobs=spec.meta_data["num_workers"], gpus=len(gpus or []),
+    # the `gpu` resource counts job slots: jobs_per_gpu of them per GPU
+    slots = len(gpus or []) * spec.meta_data["jobs_per_gpu"]
+    command = snakemake_command(cores=args.cores, jobs=spec.meta_data["num_workers"], gpus=slots,
                                 spec=spec_path, config=config_items, dry_run=args.dry_run, extra=extra)
     device = "CPU" if gpus == [] else f"GPU {','.join(gpus)}" if gpus else "every GPU found (else CPU)"
     print(f"experiment {spec.exp_name}: {len(spec.cells())} cells on {device}, "

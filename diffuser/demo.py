@@ -1,7 +1,7 @@
 """`make demo` / `python -m diffuser demo`: the default pipeline end to end, then where its results are.
 
 1. `snakemake --workflow-profile workflow/profiles/default --cores N` runs config/config.yaml
-   (with `--resources gpu=G` when the GPU pool lists G GPUs, so each job gets its own);
+   (with `--resources gpu=G*K` when the GPU pool lists G GPUs, K = meta_data.jobs_per_gpu jobs each);
 2. `snakemake --report results/<exp>/report.html` writes the HTML report (figures, score table,
    resolved spec);
 3. prints where the summary, the figures and the report are, and the final score table.
@@ -88,12 +88,13 @@ def run_demo(cores: int | None = None, root: Path = ROOT) -> int:
     exp_dir = root / "results" / spec.exp_name
     cores = cores or os.cpu_count() or 1
     gpus = _gpu_count()
-    run, report = snakemake_commands(exp_dir, cores, gpus, root)
+    slots = gpus * spec.meta_data["jobs_per_gpu"]  # the `gpu` resource counts job slots
+    run, report = snakemake_commands(exp_dir, cores, slots, root)
     env = dict(os.environ)
     env.setdefault("MPLBACKEND", "Agg")
-    device = f"{gpus} GPU(s), one per job" if gpus else "CPU"
+    device = f"{gpus} GPU(s), {spec.meta_data['jobs_per_gpu']} job(s) each" if gpus else "CPU"
     print(f"demo: experiment {spec.exp_name} ({len(spec.cells())} cells, {DEFAULT_SPEC}) on {device}, {cores} cores: "
-          f"snakemake --cores {cores}{f' --resources gpu={gpus}' if gpus else ''}", flush=True)
+          f"snakemake --cores {cores}{f' --resources gpu={slots}' if gpus else ''}", flush=True)
     code = run_snakemake(run, cwd=root, env=env)
     if code != 0:
         print(f"\ndemo: snakemake stopped with exit status {code}; the logs of the failed jobs are under "
