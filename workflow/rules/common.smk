@@ -56,8 +56,8 @@ GPUS_PER_JOB = SPEC.meta_data["gpus_per_job"] if pool_ids() else 0
 if workflow.is_main_process and (note := unmet_gpu_resources_note(workflow.global_resources.get("gpu"))):
     print(note, file=sys.stderr)
 THREADS_PER_JOB = SPEC.meta_data["threads_per_job"]
-# the GPU pool's slots per GPU, read by every job this Snakemake starts (diffuser/runtime/gpu_pool.py)
-os.environ["DIFFUSER_JOBS_PER_GPU"] = str(SPEC.meta_data["jobs_per_gpu"])
+# the GPU pool's slots per GPU (diffuser/runtime/gpu_pool.py), given to the train and evaluate jobs
+JOBS_PER_GPU = SPEC.meta_data["jobs_per_gpu"]
 
 CELLS = {cell.name: cell.config for cell in SPEC.cells()}
 VAES = {vae_key(config): vae_config(config) for config in CELLS.values() if needs_vae_pretraining(config)}

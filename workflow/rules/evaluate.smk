@@ -10,6 +10,7 @@ rule evaluate:
         cell_path("eval.json"),
     params:
         run_dir=run_dir,
+        jobs_per_gpu=JOBS_PER_GPU,
     threads: cell_threads
     resources:
         gpu=GPUS_PER_JOB,
@@ -18,4 +19,4 @@ rule evaluate:
     benchmark:
         benchmark_path("evaluate", "cell")
     shell:
-        "{PYTHON} -m diffuser evaluate --run-dir {params.run_dir:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
+        "DIFFUSER_JOBS_PER_GPU={params.jobs_per_gpu} {PYTHON} -m diffuser evaluate --run-dir {params.run_dir:q} --out {output:q} --threads {threads} > {log:q} 2>&1"

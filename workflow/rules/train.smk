@@ -52,6 +52,7 @@ rule train:
         history=lambda wildcards: cell_path("train.log", wildcards.cell),
         vae=vae_argument,
         data_dir=DATA_DIR,
+        jobs_per_gpu=JOBS_PER_GPU,
     threads: cell_threads
     resources:
         gpu=GPUS_PER_JOB,
@@ -64,7 +65,7 @@ rule train:
     # the console: the job prints one-line events there too ("resumed from step N").
     shell:
         "mkdir -p {params.run_dir:q} && touch {params.history:q} && cp {params.history:q} {log:q} &&"
-        " DIFFUSER_CONSOLE_FD=3 {PYTHON} -m diffuser train --cell-config {input.config:q} --run-dir {params.run_dir:q}"
+        " DIFFUSER_CONSOLE_FD=3 DIFFUSER_JOBS_PER_GPU={params.jobs_per_gpu} {PYTHON} -m diffuser train --cell-config {input.config:q} --run-dir {params.run_dir:q}"
         " {params.vae} --data-dir {params.data_dir} --threads {threads} 3>&2 2>&1 | tee -a {params.history:q} >> {log:q}"
 
 
