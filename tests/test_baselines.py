@@ -63,15 +63,18 @@ def mean_reward(model, observations: torch.Tensor) -> float:
     return bandit_rewards(observations, actions).mean().item()
 
 
+# gradient steps to clear the bar below (measured: IQL -0.007 at 300, DiffusionPolicy -0.04 at 150)
+BANDIT_STEPS = {"models.IQL": 300, "models.DiffusionPolicy": 150}
+
+
 @pytest.mark.parametrize("name", BASELINES)
-def test_baseline_learns_the_bandit_with_a_margin_over_random_and_over_the_data(name):
+def test_baseline_learns_the_bandit_beyond_random_and_beyond_imitating_the_data(name):
     torch.manual_seed(0)
-    config = {**cell_defaults(), **SMALL, "diffusion": name}
-    model = steps.build_model(config, OBS_DIM, ACTION_DIM)
+    model = steps.build_model({**cell_defaults(), **SMALL, "diffusion": name}, OBS_DIM, ACTION_DIM)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
     data = bandit_batch(4000, g)
-    for _ in range(1500):
+    for _ in range(BANDIT_STEPS[name]):
         index = torch.randint(0, 4000, (128,), generator=g)
         loss, _ = model.loss({key: value[index] for key, value in data.items()})
         optimizer.zero_grad()
@@ -79,13 +82,14 @@ def test_baseline_learns_the_bandit_with_a_margin_over_random_and_over_the_data(
         optimizer.step()
         model.after_optimizer_step()
 
-    test_observations = torch.randn(1000, OBS_DIM, generator=g)
-    random_score = bandit_rewards(test_observations, 2 * torch.rand(1000, ACTION_DIM, generator=g) - 1).mean().item()
-    data_score = data["rewards"].mean().item()
-    score = mean_reward(model, test_observations)
-    # random ~ -1.0, the data ~ -0.5, the optimum 0
+    observations = torch.randn(1000, OBS_DIM, generator=g)
+    random_score = bandit_rewards(observations, 2 * torch.rand(1000, ACTION_DIM, generator=g) - 1).mean().item()
+    # the data's mean action is 0.5 a*(s) (the random half averages 0): what plain imitation (BC) converges to
+    imitation_score = bandit_rewards(observations, 0.5 * optimal_actions(observations)).mean().item()
+    score = mean_reward(model, observations)
+    # random ~ -1.0, imitation ~ -0.2, the optimum 0
     assert score > 0.3 * random_score, f"{name} scored {score:.3f}; random actions {random_score:.3f}"
-    assert score > 0.5 * data_score, f"{name} scored {score:.3f}, not clearly above the data's {data_score:.3f}"
+    assert score > 0.5 * imitation_score, f"{name} scored {score:.3f}; imitating the data {imitation_score:.3f}"
 
 
 @pytest.mark.parametrize("name", BASELINES)
