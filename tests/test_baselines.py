@@ -190,3 +190,16 @@ def test_a_sweep_over_models_plans_one_cell_per_model_and_seed(tmp_path):
     for model in models:
         for seed in (0, 1):
             assert f"results/baselines/cells/diffusion~{model}/seed~{seed}/final.pt" in out
+
+
+def test_diffusion_policy_trains_online_through_the_same_chain_policy_update(tmp_path, tiny_maze_data):
+    from test_online_training import make_trainer, online_config
+
+    config = online_config(tmp_path, n_train_steps=95, log_freq=5, diffusion="models.DiffusionPolicy")
+    trainer = make_trainer(config, tiny_maze_data, tmp_path / "run")
+    before = trainer.model.chain_log_std.detach().clone()
+    trainer.train()
+    rows = [line.split(",") for line in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]]
+    assert {"policy_loss", "rl_value_loss", "entropy", "diffusion_loss"} <= {metric for _, metric, _ in rows}
+    assert trainer.env_steps == len(trainer.buffer) > 0
+    assert not torch.equal(trainer.model.chain_log_std, before), "the RL update must train the chain policy"
