@@ -17,6 +17,7 @@ CLASSES: dict[str, tuple[str, str]] = {
     "models.DiffusionRL": ("diffuser.models", "DiffusionRL"),
     "models.BC": ("diffuser.models", "BC"),
     "models.IQL": ("diffuser.models", "IQL"),
+    "models.FQL": ("diffuser.models", "FQL"),
     "models.DiffusionPolicy": ("diffuser.models", "DiffusionPolicy"),
     "datasets.VAESequenceDataset": ("diffuser.datasets.sequence", "VAESequenceDataset"),
     "utils.Trainer": ("diffuser.training.trainer", "Trainer"),

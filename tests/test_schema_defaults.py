@@ -25,6 +25,7 @@ from diffuser.models.diffusion import GaussianDiffusion
 from diffuser.models.diffusion_policy import ActionChunkCodec, DiffusionPolicy
 from diffuser.models.diffusion_rl import DiffusionRL, DiffusionRLConfig
 from diffuser.models.encoders import TrajectoryEncoder
+from diffuser.models.fql import FQL, FQLConfig, QEnsemble
 from diffuser.models.iql import IQL, IQLConfig
 from diffuser.models.vae import ActionVAE
 from diffuser.registry import CLASSES
@@ -41,7 +42,7 @@ NOT_SETTINGS = {
 }
 TAKE_SETTINGS = [
     ActionVAE, TrajectoryEncoder, LatentDenoiser, GaussianDiffusion, IQLCritic, TwinQ, DiffusionRL, BC, IQL,
-    DiffusionPolicy, ActionChunkCodec,
+    DiffusionPolicy, ActionChunkCodec, FQL, QEnsemble,
     VAESequenceDataset, MADEvaluator, PolicyRunner, Trainer, OnlineRLTrainer, VAEPretrainer,
     generate_maze2d_hdf5, generate_locomotion_hdf5, make_normalizers,
 ]
@@ -59,7 +60,7 @@ def test_no_constructor_defaults_a_setting(taker):
     assert set(defaulted) <= NOT_SETTINGS, f"{taker.__name__} defaults {defaulted}; read them from the cell config"
 
 
-@pytest.mark.parametrize("view", [DiffusionRLConfig, BCConfig, IQLConfig])
+@pytest.mark.parametrize("view", [DiffusionRLConfig, BCConfig, IQLConfig, FQLConfig])
 def test_config_views_are_frozen_schema_keys_without_defaults(view):
     fields = dataclasses.fields(view)
     assert {field.name for field in fields} <= SCHEMA_KEYS
