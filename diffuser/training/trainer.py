@@ -80,7 +80,7 @@ class Trainer:
         self.evaluator = evaluator
         self.device = torch.device(device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        # a model with its own published learning rate (IQL) says so; the others train at learning_rate
+        # a model with its own published learning rate (IQL, FQL) says so; the others train at learning_rate
         self.optimizer = make_optimizer(self.model.parameters(), config, getattr(model, "learning_rate", None))
         self.scheduler = self._make_scheduler()
         self.generator = generator(config["seed"], BATCH_STREAM)
