@@ -1,4 +1,5 @@
-"""Normalized score of DiffusionRL and BC trained under one wall-clock budget (or step count).
+"""Normalized score of DiffusionRL and the baselines (BC, IQL, FQL, DiffusionPolicy) trained under one
+wall-clock budget (or step count).
 
 For each model and seed: the cell config is the schema defaults plus `--set` overrides; the run
 goes through the pipeline's own steps (`diffuser.steps.pretrain_vae` when the model has a VAE and
@@ -37,7 +38,9 @@ from diffuser.config import cell_defaults, needs_vae_pretraining, validate_cell_
 from diffuser.training import trainer as trainer_module  # noqa: E402
 from diffuser.training.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
 
-MODEL_NAMES = {"DiffusionRL": "models.DiffusionRL", "BC": "models.BC"}
+MODEL_NAMES = {name: f"models.{name}" for name in ("DiffusionRL", "BC", "IQL", "FQL", "DiffusionPolicy")}
+# the models whose acting the inference-only overrides of --eval-variants change
+SAMPLING_MODELS = ("DiffusionRL", "DiffusionPolicy")
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -104,7 +107,7 @@ def run_one(model: str, seed: int, args, overrides: dict, deadline: Deadline) ->
         result = steps.evaluate(run_dir, num_eval=args.num_eval)
         eval_seconds = time.perf_counter() - eval_start
         variants = {}
-        if model != "BC":
+        if model in SAMPLING_MODELS:
             for text in args.eval_variants:
                 variants[text] = evaluate_variant(run_dir, parse_overrides(text.split()), args.num_eval)
     return {
@@ -133,7 +136,7 @@ def main(argv=None) -> int:
     parser.add_argument("--num-eval", type=int, default=10)
     parser.add_argument("--data-dir", default=str(ROOT / "data"))
     parser.add_argument("--eval-variants", nargs="*", default=[], metavar="'KEY=VALUE ...'",
-                        help="also evaluate each DiffusionRL run with these inference-only overrides "
+                        help="also evaluate each DiffusionRL / DiffusionPolicy run with these inference-only overrides "
                              "(sampling_temperature, n_action_samples, ddim_eta, n_sampling_steps, sampler)")
     parser.add_argument("--keep-dir", default=None, help="keep the run directories under this folder")
     parser.add_argument("--json", default=None, help="append one JSON line per run to this file")
@@ -158,16 +161,16 @@ def main(argv=None) -> int:
     print(f"\ndataset {args.dataset}, threads {args.threads}, num_eval {args.num_eval}, "
           f"{f'budget {args.budget_seconds:.0f} s' if args.budget_seconds else f'{args.steps} steps'}, "
           f"overrides {overrides}")
-    print(f"{'model':<12}{'seeds':<10}{'scores':<28}{'mean':>7}{'steps':>8}{'steps/s':>9}{'train s':>9}")
+    print(f"{'model':<16}{'seeds':<10}{'scores':<28}{'mean':>7}{'steps':>8}{'steps/s':>9}{'train s':>9}")
     for model in args.models:
         mine = [r for r in rows if r["model"] == model]
         scores = " ".join(f"{r['score']:.1f}" for r in mine)
-        print(f"{model:<12}{','.join(str(r['seed']) for r in mine):<10}{scores:<28}"
+        print(f"{model:<16}{','.join(str(r['seed']) for r in mine):<10}{scores:<28}"
               f"{statistics.mean(r['score'] for r in mine):>7.1f}"
               f"{statistics.mean(r['steps'] for r in mine):>8.0f}"
               f"{statistics.mean(r['steps_per_s'] for r in mine):>9.1f}"
               f"{statistics.mean(r['total_s'] for r in mine):>9.1f}")
-        for text in args.eval_variants if model != "BC" else []:
+        for text in args.eval_variants if model in SAMPLING_MODELS else []:
             vs = [r["variants"][text] for r in mine]
             print(f"  variant {text}: {' '.join(f'{v:.1f}' for v in vs)}  mean {statistics.mean(vs):.1f}")
     return 0

@@ -21,8 +21,8 @@ key, what was expected and what was given. The rules, in the order they apply:
   from the swept keys in alphabetical order (so reordering a spec does not rename results), e.g.
   `online_training~True/seed~100`; with no variables the one cell is named `default`.
 - Impossible combinations stop the run too, naming the cells: n_sampling_steps > n_diffusion_steps;
-  a trainer that contradicts online_training; online training of models.BC; online training whose
-  rl_warmup_steps >= n_train_steps (it would never interact); a dataset name that names no known
+  a trainer that contradicts online_training; online training of models.BC, models.IQL or
+  models.FQL; online training whose rl_warmup_steps >= n_train_steps (it would never interact); a dataset name that names no known
   dataset or would leave data/ (diffuser.datasets.prepare.dataset_name_problem). Cells that generate
   one dataset with different settings get different datasets (its directory names the settings).
 
@@ -398,6 +398,9 @@ def _cell_problems(config: dict) -> list[str]:
         problems.append(f"trainer {ONLINE_TRAINER} needs online_training: true; set trainer: null.")
     if online and config["diffusion"] == "models.BC":
         problems.append("models.BC has no denoising chain to fine-tune online; set online_training: false or diffusion: models.DiffusionRL.")
+    if online and config["diffusion"] in ("models.IQL", "models.FQL"):
+        problems.append(f"online training of {config['diffusion']} is not yet supported; set online_training: false, "
+                        "or diffusion: models.DiffusionRL for online + offline.")
     if online and config["rl_warmup_steps"] >= config["n_train_steps"]:
         problems.append(
             f"online_training is true but rl_warmup_steps ({config['rl_warmup_steps']}) >= n_train_steps "

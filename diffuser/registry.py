@@ -16,6 +16,9 @@ from diffuser.errors import RegistryError
 CLASSES: dict[str, tuple[str, str]] = {
     "models.DiffusionRL": ("diffuser.models", "DiffusionRL"),
     "models.BC": ("diffuser.models", "BC"),
+    "models.IQL": ("diffuser.models", "IQL"),
+    "models.FQL": ("diffuser.models", "FQL"),
+    "models.DiffusionPolicy": ("diffuser.models", "DiffusionPolicy"),
     "datasets.VAESequenceDataset": ("diffuser.datasets.sequence", "VAESequenceDataset"),
     "utils.Trainer": ("diffuser.training.trainer", "Trainer"),
     "utils.OnlineRLTrainer": ("diffuser.training.online.trainer", "OnlineRLTrainer"),
@@ -26,7 +29,7 @@ CLASSES: dict[str, tuple[str, str]] = {
 MODE_TRAINERS = ("utils.OfflineRLTrainer", None)
 OFFLINE_TRAINER = "utils.Trainer"
 ONLINE_TRAINER = "utils.OnlineRLTrainer"
-# models that own an ActionVAE, which the pretrain step trains on its own
+# models that own an ActionVAE, which the pretrain step trains on its own (DiffusionPolicy diffuses actions)
 MODELS_WITH_VAE = frozenset({"models.DiffusionRL"})
 
 

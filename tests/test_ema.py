@@ -16,7 +16,7 @@ DECAY = 0.9
 STEPS = 6
 CONFIG = {"seed": 0, "learning_rate": 0.1, "weight_decay": 0.0, "n_train_steps": STEPS, "lr_schedule": "constant",
           "ema_decay": DECAY, "grad_clip": 0.0, "batch_size": 4, "diffusion": "models.BC", "history_horizon": 1,
-          "action_horizon": 1, "compile": False, "loggers": ["csv"]}
+          "action_horizon": 1, "loggers": ["csv"], "wandb_project": None, "compile": False}
 
 
 class ToyModel(nn.Module):

@@ -22,8 +22,11 @@ from diffuser.models.bc import BC, BCConfig
 from diffuser.models.critics import IQLCritic, TwinQ
 from diffuser.models.denoisers import LatentDenoiser
 from diffuser.models.diffusion import GaussianDiffusion
+from diffuser.models.diffusion_policy import ActionChunkCodec, DiffusionPolicy
 from diffuser.models.diffusion_rl import DiffusionRL, DiffusionRLConfig
 from diffuser.models.encoders import TrajectoryEncoder
+from diffuser.models.fql import FQL, FQLConfig, QEnsemble
+from diffuser.models.iql import IQL, IQLConfig
 from diffuser.models.vae import ActionVAE
 from diffuser.registry import CLASSES
 from diffuser.training.online.trainer import OnlineRLTrainer
@@ -38,7 +41,8 @@ NOT_SETTINGS = {
     "evaluator",  # Trainer: none unless the cell evaluates during training
 }
 TAKE_SETTINGS = [
-    ActionVAE, TrajectoryEncoder, LatentDenoiser, GaussianDiffusion, IQLCritic, TwinQ, DiffusionRL, BC,
+    ActionVAE, TrajectoryEncoder, LatentDenoiser, GaussianDiffusion, IQLCritic, TwinQ, DiffusionRL, BC, IQL,
+    DiffusionPolicy, ActionChunkCodec, FQL, QEnsemble,
     VAESequenceDataset, MADEvaluator, PolicyRunner, Trainer, OnlineRLTrainer, VAEPretrainer,
     generate_maze2d_hdf5, generate_locomotion_hdf5, make_normalizers,
 ]
@@ -56,7 +60,7 @@ def test_no_constructor_defaults_a_setting(taker):
     assert set(defaulted) <= NOT_SETTINGS, f"{taker.__name__} defaults {defaulted}; read them from the cell config"
 
 
-@pytest.mark.parametrize("view", [DiffusionRLConfig, BCConfig])
+@pytest.mark.parametrize("view", [DiffusionRLConfig, BCConfig, IQLConfig, FQLConfig])
 def test_config_views_are_frozen_schema_keys_without_defaults(view):
     fields = dataclasses.fields(view)
     assert {field.name for field in fields} <= SCHEMA_KEYS

@@ -37,6 +37,7 @@ FINISHED = re.compile(r"Finished jobid: (\d+) \(Rule: (\w+)\)")
 LOCAL_RULE = re.compile(r"^localrule (\w+):", re.MULTILINE)
 RULE_START = re.compile(r"^rule (\w+):", re.MULTILINE)
 LOCAL_DIRECTIVE = re.compile(r"^\s+localrule:\s*True\b", re.MULTILINE)
+ACTION_DIRECTIVE = re.compile(r"^\s+(shell|run|script|notebook|wrapper|cwl):", re.MULTILINE)
 # a submission rejected by sbatch must end the run this fast, not after status polling
 FAIL_FAST_SECONDS = 30
 
@@ -309,7 +310,8 @@ def run_locally(python: str, sweep: Sweep, env: dict) -> subprocess.CompletedPro
 
 
 def declared_local_rules(directory: Path) -> set[str]:
-    """The rules the workflow marks `localrule: True` (run on the submitting host, never by sbatch)."""
+    """The rules that run on the submitting host, never through sbatch: those marked `localrule: True`
+    and those with nothing to run (target rules such as `all`, which Snakemake never submits)."""
     local = set()
     for path in [directory / "Snakefile", *directory.glob("workflow/rules/*.smk")]:
         if not path.is_file():
@@ -318,7 +320,7 @@ def declared_local_rules(directory: Path) -> set[str]:
         starts = list(RULE_START.finditer(text))
         for start, following in zip(starts, starts[1:] + [None]):
             block = text[start.end() : following.start() if following else len(text)]
-            if LOCAL_DIRECTIVE.search(block):
+            if LOCAL_DIRECTIVE.search(block) or not ACTION_DIRECTIVE.search(block):
                 local.add(start[1])
     return local
 

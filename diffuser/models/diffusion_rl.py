@@ -93,7 +93,6 @@ class DiffusionRL(nn.Module):
         cfg = DiffusionRLConfig.view(config)
         self.obs_dim = obs_dim
         self.action_dim = action_dim
-        self.latent_dim = cfg.vae_latent_dim
         self.vae_weight = cfg.vae_weight
         self.n_sampling_steps = cfg.n_sampling_steps
         self.sampler = cfg.sampler
@@ -103,6 +102,7 @@ class DiffusionRL(nn.Module):
         self.n_action_samples = cfg.n_action_samples
         self.advantage_weight_beta = cfg.advantage_weight_beta
         self.vae = self.build_vae(obs_dim, action_dim, cfg)
+        self.latent_dim = self.vae.latent_dim
         self.clip = self.vae.latent_bound if cfg.clip_denoised else None
         self.trajectory_encoder = TrajectoryEncoder(obs_dim, action_dim, cfg.history_horizon, cfg.trajectory_latent_dim,
                                                     cfg.encoder_type, cfg.history_actions)

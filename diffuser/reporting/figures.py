@@ -38,7 +38,7 @@ ONLINE_VARIABLE = "online_training"
 # Known training terms first, in the order a reader expects; other `*_loss` metrics follow.
 TRAINING_TERMS = (
     "loss", "diffusion_loss", "vae_loss", "vae_recon_loss", "vae_kl_loss",
-    "value_loss", "q_loss", "policy_loss", "bc_loss", "entropy",
+    "value_loss", "q_loss", "policy_loss", "bc_loss", "actor_loss", "bc_flow_loss", "distill_loss", "actor_q_loss", "entropy",
 )
 METRIC_LABELS = {
     "loss": "Total loss",
@@ -50,6 +50,10 @@ METRIC_LABELS = {
     "q_loss": "Q loss",
     "policy_loss": "Policy-gradient loss",
     "bc_loss": "BC loss",
+    "actor_loss": "IQL actor (AWR) loss",
+    "bc_flow_loss": "FQL flow-matching loss",
+    "distill_loss": "FQL distillation loss",
+    "actor_q_loss": "FQL policy -Q",
     "entropy": "Policy entropy",
 }
 SCORE_NAMES = {NORMALIZED_RETURN: "Normalized score", SUCCESS_RATE: "Success rate, %"}

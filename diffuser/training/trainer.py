@@ -1,4 +1,4 @@
-"""Offline training of a policy model (DiffusionRL or BC) with exact resume.
+"""Offline training of a policy model (DiffusionRL or a baseline) with exact resume.
 
 Everything random in a run comes from two places that the checkpoint stores: the torch global
 RNG (weight init, noise inside the losses) and the batch generator. Evaluation forks the RNG, so a
@@ -88,7 +88,8 @@ class Trainer:
         self.evaluator = evaluator
         self.device = torch.device(device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.optimizer = make_optimizer(self.model.parameters(), config)
+        # a model with its own published learning rate (IQL, FQL) says so; the others train at learning_rate
+        self.optimizer = make_optimizer(self.model.parameters(), config, getattr(model, "learning_rate", None))
         self.scheduler = self._make_scheduler()
         self.generator = generator(config["seed"], BATCH_STREAM)
         self.step = 0
