@@ -118,7 +118,7 @@ def test_fql_reads_its_published_settings_from_the_schema():
     defaults = cell_defaults()
     model = FQL(OBS_DIM, ACTION_DIM, defaults)
     assert defaults["fql_learning_rate"] == 3e-4 and model.learning_rate == 3e-4
-    assert model.velocity[0].out_features == 512 and len(model.q.members) == 2
+    assert model.velocity[0].out_features == 512 and model.q.n_members == 2
     assert model.alpha == 10.0 and model.flow_steps == 10 and model.q_aggregation == "mean"
 
 

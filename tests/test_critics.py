@@ -125,3 +125,30 @@ def test_stacked_twins_compute_two_independent_mlps_and_read_separate_twin_check
     fresh = TwinQ(3, 2, hidden_dim=16)
     assert not torch.allclose(fresh.weights[0][0], fresh.weights[0][1])
     assert fresh.weights[1].abs().max() <= 1 / 16 ** 0.5
+
+
+def test_fql_q_ensemble_computes_its_members_layer_normed_mlps():
+    from diffuser.models.fql import HIDDEN_LAYERS, QEnsemble, network
+
+    torch.manual_seed(0)
+    members = [network(5, 16, 1, layer_norm=True) for _ in range(2)]  # Linear, GELU, LayerNorm, ..., Linear
+    for net in members:
+        for layer in net:
+            if isinstance(layer, nn.LayerNorm):  # not the identity affine of a fresh LayerNorm
+                nn.init.normal_(layer.weight)
+                nn.init.normal_(layer.bias)
+    ensemble = QEnsemble(3, 2, hidden_dim=16)
+    with torch.no_grad():
+        for m, net in enumerate(members):
+            linears = [layer for layer in net if isinstance(layer, nn.Linear)]
+            norms = [layer for layer in net if isinstance(layer, nn.LayerNorm)]
+            assert len(norms) == HIDDEN_LAYERS
+            for i, layer in enumerate(linears):
+                ensemble.weights[i][m].copy_(layer.weight.t())
+                ensemble.biases[i][m, 0].copy_(layer.bias)
+            for i, norm in enumerate(norms):
+                ensemble.norm_weights[i][m, 0].copy_(norm.weight)
+                ensemble.norm_biases[i][m, 0].copy_(norm.bias)
+    observations, actions = torch.randn(8, 3), torch.randn(8, 2)
+    expected = torch.stack([net(torch.cat([observations, actions], -1)).squeeze(-1) for net in members])
+    torch.testing.assert_close(ensemble(observations, actions), expected)

@@ -11,12 +11,12 @@ it bootstraps with discount^K.
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
 
 from diffuser.models.denoisers import mlp
+from diffuser.models.ensembles import EnsembleMLP
 
 # Q(s, z): hidden layers of each twin, as in `mlp`'s default
 Q_HIDDEN_LAYERS = 2
@@ -28,37 +28,17 @@ def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
     return torch.mean(weight * diff**2)
 
 
-class TwinQ(nn.Module):
-    """Two independent Q(s, z) ReLU MLPs; their minimum counters overestimation.
-
-    The twins' weights are stacked ([2, in, out] per layer) and run as one batched matmul per layer
-    (`torch.baddbmm`): half the kernels of two separate networks, and the same function. Each twin
-    is initialised as `nn.Linear` would be, independently.
-    """
-
-    n_members = 2
+class TwinQ(EnsembleMLP):
+    """Two independent Q(s, z) ReLU MLPs, as one batched module (ensembles.py); their minimum counters
+    overestimation."""
 
     def __init__(self, obs_dim: int, latent_dim: int, hidden_dim: int):
-        super().__init__()
-        widths = [obs_dim + latent_dim] + [hidden_dim] * Q_HIDDEN_LAYERS + [1]
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
-        for fan_in, fan_out in zip(widths[:-1], widths[1:], strict=True):
-            bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's default initialisation
-            self.weights.append(nn.Parameter(torch.empty(self.n_members, fan_in, fan_out).uniform_(-bound, bound)))
-            self.biases.append(nn.Parameter(torch.empty(self.n_members, 1, fan_out).uniform_(-bound, bound)))
+        super().__init__(2, obs_dim + latent_dim, hidden_dim, 1, Q_HIDDEN_LAYERS, torch.relu, layer_norm=False)
         self._register_load_state_dict_pre_hook(_stack_separate_twins)
 
     def forward(self, observations: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """[B, obs_dim], [B, latent_dim] -> [2, B]."""
-        x = torch.cat([observations, latents], dim=-1)
-        h = x.expand(self.n_members, *x.shape)  # [2, B, in], no copy
-        last = len(self.weights) - 1
-        for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
-            h = torch.baddbmm(bias, h, weight)
-            if i < last:
-                h = torch.relu(h)
-        return h.squeeze(-1)
+        return super().forward(torch.cat([observations, latents], dim=-1)).squeeze(-1)
 
 
 def _stack_separate_twins(state_dict, prefix, *args) -> None:

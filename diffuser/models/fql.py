@@ -28,8 +28,10 @@ import copy
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from diffuser.models.ensembles import EnsembleMLP
 from diffuser.models.settings import Settings
 
 # The paper's networks: 4 hidden layers (of `fql_hidden_dim` units) for the policies and the critic.
@@ -51,18 +53,16 @@ def network(in_dim: int, hidden_dim: int, out_dim: int, layer_norm: bool) -> nn.
     return nn.Sequential(*layers)
 
 
-class QEnsemble(nn.Module):
-    """N_CRITICS independent Q(s, a) networks with LayerNorm, as the paper's critic."""
+class QEnsemble(EnsembleMLP):
+    """N_CRITICS independent Q(s, a) networks (`network`'s layers, with LayerNorm), as the paper's critic,
+    run as one batched module (ensembles.py)."""
 
     def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int):
-        super().__init__()
-        self.members = nn.ModuleList(network(obs_dim + action_dim, hidden_dim, 1, layer_norm=True)
-                                     for _ in range(N_CRITICS))
+        super().__init__(N_CRITICS, obs_dim + action_dim, hidden_dim, 1, HIDDEN_LAYERS, F.gelu, layer_norm=True)
 
     def forward(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """[B, obs_dim], [B, action_dim] -> [N_CRITICS, B]."""
-        x = torch.cat([observations, actions], dim=-1)
-        return torch.stack([member(x).squeeze(-1) for member in self.members])
+        return super().forward(torch.cat([observations, actions], dim=-1)).squeeze(-1)
 
 
 @dataclass(frozen=True)
@@ -155,8 +155,7 @@ class FQL(nn.Module):
 
     def after_optimizer_step(self) -> None:
         with torch.no_grad():
-            for target, online in zip(self.q_target.parameters(), self.q.parameters(), strict=True):
-                target.lerp_(online, self.target_update_rate)
+            torch._foreach_lerp_(list(self.q_target.parameters()), list(self.q.parameters()), self.target_update_rate)
 
     # --------------------------------------------------------------------------------------- acting
     @torch.no_grad()
