@@ -24,9 +24,19 @@ def make_trainer(data_dir, run_dir, device="cpu", **overrides):
     return trainer_for(config)(config, dataset, model, run_dir, device=device)
 
 
-@pytest.mark.parametrize("use_value_function", [True, False], ids=["critic", "no-critic"])
-def test_training_steps_read_nothing_back_to_the_host(tmp_path, tiny_maze_data, use_value_function):
-    trainer = make_trainer(tiny_maze_data, tmp_path, use_value_function=use_value_function)
+MODELS = {
+    "DiffusionRL": {},
+    "DiffusionRL-no-critic": {"use_value_function": False},
+    "BC": {"diffusion": "models.BC"},
+    "IQL": {"diffusion": "models.IQL"},
+    "FQL": {"diffusion": "models.FQL", "fql_hidden_dim": 32},
+    "DiffusionPolicy": {"diffusion": "models.DiffusionPolicy"},
+}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_training_steps_read_nothing_back_to_the_host(tmp_path, tiny_maze_data, model):
+    trainer = make_trainer(tiny_maze_data, tmp_path, **MODELS[model])
     trainer.advance()  # first-call work (lazy state) is not what a steady step does
     with HostReads() as reads:
         for _ in range(N_STEPS):

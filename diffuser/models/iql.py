@@ -75,7 +75,8 @@ class IQL(nn.Module):
     def log_prob(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """[N] log pi(actions | observations) for action chunks [N, K, A]."""
         std = self.policy_log_std.clamp(*LOG_STD_RANGE).exp()
-        distribution = torch.distributions.Normal(self(observations).flatten(1), std)
+        # validate_args=False: the argument checks read values back to the host, a GPU sync every step
+        distribution = torch.distributions.Normal(self(observations).flatten(1), std, validate_args=False)
         return distribution.log_prob(actions.flatten(1)).sum(-1)
 
     @torch.no_grad()
