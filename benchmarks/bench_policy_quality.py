@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from diffuser import steps  # noqa: E402
 from diffuser.config import cell_defaults, needs_vae_pretraining, validate_cell_config  # noqa: E402
+from diffuser.datasets.prepare import prepare_dataset  # noqa: E402
 from diffuser.launch import parse_key_values  # noqa: E402
 from diffuser.training import trainer as trainer_module  # noqa: E402
 from diffuser.training.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
@@ -78,6 +79,9 @@ def run_one(model: str, seed: int, args, overrides: dict, deadline: Deadline) ->
     )
     config["n_train_steps"] = args.steps if args.steps else 10**9
     config = validate_cell_config(config, source="benchmark config")
+    # built (or found up to date) before the clock starts, as the workflow's dataset job would
+    prepare_dataset(config["dataset"], args.data_dir, steps=config["dataset_steps"],
+                    action_noise=config["dataset_action_noise"], seed=config["dataset_seed"])
     with tempfile.TemporaryDirectory(prefix="bench_policy_") as tmp:
         if args.keep_dir:
             tmp = Path(args.keep_dir) / f"{model}_seed{seed}"
