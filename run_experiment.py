@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from diffuser.launch import run_snakemake, snakemake_command, split_config_overrides  # noqa: E402
+from diffuser.launch import parse_key_values, run_snakemake, snakemake_command, split_config_overrides  # noqa: E402
 
 
 def gpu_ids(gpu: str | None) -> list[str] | None:
@@ -46,19 +46,6 @@ def job_environment(gpus: list[str] | None) -> dict:
     return env
 
 
-def _overrides(items: list[str]) -> dict:
-    """`--config` items (KEY=VALUE, values as YAML, as Snakemake reads them) as a mapping."""
-    import yaml
-
-    pairs = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"error: --config {item!r}: expected KEY=VALUE, e.g. --config n_train_steps=300.")
-        pairs[key] = yaml.safe_load(value) if value else value
-    return pairs
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -77,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     config_items, extra = split_config_overrides(extra)
     spec_path = Path(args.experiment).resolve()
     try:
-        spec = load_spec(spec_path, _overrides(config_items))
+        spec = load_spec(spec_path, parse_key_values(config_items))
         gpus = gpu_ids(args.gpu)
         check_gpu_request(gpus or [])
     except (ConfigError, GpuRequestError) as err:

@@ -20,6 +20,7 @@ if str(ROOT) not in sys.path:  # run as `python benchmarks/X.py` from anywhere
 
 from diffuser.config import cell_defaults, validate_cell_config  # noqa: E402
 from diffuser.datasets.prepare import prepare_dataset  # noqa: E402
+from diffuser.launch import parse_key_values  # noqa: E402
 
 DEFAULT_DATASET = "gen-maze2d-umaze"
 DEFAULT_DATASET_STEPS = cell_defaults()["dataset_steps"]
@@ -40,23 +41,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, repeats: int) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for `make bench` and smoke runs")
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    """`KEY=VALUE` strings -> a dict; values stay strings, the cell schema coerces them."""
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {pair!r}: expected KEY=VALUE, e.g. --set hidden_dim=128.")
-        overrides[key.strip()] = value.strip()
-    return overrides
-
-
 def cell_config(args, **fixed) -> dict:
     """The default cell config (schema defaults) on CPU with `args.threads`, then `fixed`, then --set."""
     values = {"dataset": args.dataset, "device": "cpu", "num_threads": args.threads, **fixed}
     if getattr(args, "dataset_steps", None):
         values["dataset_steps"] = args.dataset_steps
-    values.update(parse_overrides(args.overrides))
+    values.update(parse_key_values(args.overrides, "--set"))
     return validate_cell_config(values, "benchmark config")
 
 

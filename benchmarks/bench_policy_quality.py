@@ -28,27 +28,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from diffuser import steps  # noqa: E402
 from diffuser.config import cell_defaults, needs_vae_pretraining, validate_cell_config  # noqa: E402
+from diffuser.datasets.prepare import prepare_dataset  # noqa: E402
+from diffuser.launch import parse_key_values  # noqa: E402
 from diffuser.training import trainer as trainer_module  # noqa: E402
 from diffuser.training.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
 
 MODEL_NAMES = {name: f"models.{name}" for name in ("DiffusionRL", "BC", "IQL", "FQL", "DiffusionPolicy")}
 # the models whose acting the inference-only overrides of --eval-variants change
 SAMPLING_MODELS = ("DiffusionRL", "DiffusionPolicy")
-
-
-def parse_overrides(items: list[str]) -> dict:
-    overrides = {}
-    for item in items:
-        key, _, text = item.partition("=")
-        overrides[key] = yaml.safe_load(text)
-    return overrides
 
 
 class Deadline:
@@ -87,6 +79,9 @@ def run_one(model: str, seed: int, args, overrides: dict, deadline: Deadline) ->
     )
     config["n_train_steps"] = args.steps if args.steps else 10**9
     config = validate_cell_config(config, source="benchmark config")
+    # built (or found up to date) before the clock starts, as the workflow's dataset job would
+    prepare_dataset(config["dataset"], args.data_dir, steps=config["dataset_steps"],
+                    action_noise=config["dataset_action_noise"], seed=config["dataset_seed"])
     with tempfile.TemporaryDirectory(prefix="bench_policy_") as tmp:
         if args.keep_dir:
             tmp = Path(args.keep_dir) / f"{model}_seed{seed}"
@@ -109,7 +104,7 @@ def run_one(model: str, seed: int, args, overrides: dict, deadline: Deadline) ->
         variants = {}
         if model in SAMPLING_MODELS:
             for text in args.eval_variants:
-                variants[text] = evaluate_variant(run_dir, parse_overrides(text.split()), args.num_eval)
+                variants[text] = evaluate_variant(run_dir, parse_key_values(text.split(), "--eval-variants"), args.num_eval)
     return {
         "variants": variants,
         "model": model, "seed": seed, "score": result["mean_normalized_score"],
@@ -141,12 +136,12 @@ def main(argv=None) -> int:
     parser.add_argument("--keep-dir", default=None, help="keep the run directories under this folder")
     parser.add_argument("--json", default=None, help="append one JSON line per run to this file")
     args = parser.parse_args(argv)
-    overrides = parse_overrides(args.set)
+    overrides = parse_key_values(args.set, "--set")
     if args.budget_seconds is None and args.steps is None:
         args.steps = overrides.get("n_train_steps", cell_defaults()["n_train_steps"])
     elif "n_train_steps" in overrides:
         parser.error("n_train_steps in --set contradicts --steps / --budget-seconds; give one of them")
-    bc_overrides = parse_overrides(args.bc_set) if args.bc_set is not None else overrides
+    bc_overrides = parse_key_values(args.bc_set, "--bc-set") if args.bc_set is not None else overrides
     deadline = Deadline()
     rows = []
     for model in args.models:

@@ -20,9 +20,14 @@ def _cell_config(args) -> dict:
 
 
 def cmd_prepare(args) -> None:
-    from diffuser.datasets.prepare import prepare_dataset
+    from diffuser.datasets.prepare import parse_dataset_key, prepare_dataset
 
-    out = prepare_dataset(args.dataset, args.data_dir, steps=args.steps, action_noise=args.action_noise, seed=args.seed)
+    name, steps, action_noise, seed = args.dataset, args.steps, args.action_noise, args.seed
+    key = parse_dataset_key(args.dataset)
+    if key is not None:  # a directory name under data/processed/: its generation settings are in it
+        name, steps, key_noise, seed = key
+        action_noise = key_noise if key_noise is not None else action_noise
+    out = prepare_dataset(name, args.data_dir, steps=steps, action_noise=action_noise, seed=seed)
     print(f"dataset ready: {out}")
 
 

@@ -26,6 +26,20 @@ PROFILE = "workflow/profiles/default"
 _CONFIG_OPTIONS = ("--config", "-C")
 
 
+def parse_key_values(items: Sequence[str], option: str = "--config") -> dict:
+    """KEY=VALUE items as a mapping, values read as YAML as Snakemake reads `--config` (`300` an int,
+    `true` a bool, `[1, 2]` a list); the cell schema validates and coerces them afterwards."""
+    import yaml
+
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"error: {option} {item!r}: expected KEY=VALUE, e.g. {option} n_train_steps=300.")
+        pairs[key.strip()] = yaml.safe_load(value) if value else value
+    return pairs
+
+
 def split_config_overrides(extra: Sequence[str]) -> tuple[list[str], list[str]]:
     """(the KEY=VALUE items of every --config/-C in `extra`, the other options): Snakemake keeps
     only the last --config, so these are merged into the one the launcher passes."""

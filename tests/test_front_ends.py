@@ -66,6 +66,15 @@ def test_gpu_option_sets_the_pool(gpu, ids, visible):
     assert environment.get("DIFFUSER_GPUS") == (visible if visible is not None else os.environ.get("DIFFUSER_GPUS"))
 
 
+def test_key_value_overrides_are_read_as_yaml_and_a_malformed_one_is_named():
+    from diffuser.launch import parse_key_values
+
+    assert parse_key_values(["n_train_steps=300", "online_training=true", "seed=[1, 2]", "name=a=b"]) == {
+        "n_train_steps": 300, "online_training": True, "seed": [1, 2], "name": "a=b"}
+    with pytest.raises(SystemExit, match=r"--set 'hidden_dim': expected KEY=VALUE"):
+        parse_key_values(["hidden_dim"], "--set")
+
+
 def test_the_snakemake_command_merges_config_overrides_with_the_spec():
     from diffuser.launch import snakemake_command, split_config_overrides
 

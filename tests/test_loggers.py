@@ -10,34 +10,12 @@ import time
 
 import pandas as pd
 import pytest
-import yaml
 from conftest import PYTHON, ROOT, python_env
+from test_training import write_cell
 
 from diffuser.config import ConfigError, load_cell_config, load_spec
 from diffuser.training.checkpoints import latest_checkpoint
 from diffuser.training.loggers import DVCLIVE_DIRNAME, TENSORBOARD_DIRNAME, WANDB_DIRNAME
-
-TINY = {
-    "dataset": "gen-maze2d-umaze",
-    "dataset_steps": 3000,
-    "hidden_dim": 32,
-    "vae_latent_dim": 4,
-    "trajectory_latent_dim": 16,
-    "denoiser_blocks": 1,
-    "history_horizon": 2,
-    "n_diffusion_steps": 10,
-    "n_sampling_steps": 3,
-    "n_action_samples": 2,
-    "batch_size": 16,
-    "num_threads": 1,
-    "log_freq": 10,
-    "eval_freq": 100000,
-}
-
-
-def write_cell(path, **overrides):
-    path.write_text(yaml.safe_dump({**TINY, **overrides}))
-    return path
 
 
 def train_cmd(cell, run_dir, data_dir):

@@ -206,3 +206,33 @@ def test_generated_maze_dataset_has_every_contract_field(tmp_path):
         rtol=1e-9,
     )
     assert len(metadata["stats"]["actions"]["std"]) == 2
+
+
+@pytest.mark.parametrize(
+    "name,steps,noise,seed",
+    [("gen-maze2d-medium", 30, 0.3, 4), ("gen-maze2d-large", 3000, 1e-05, 1), ("gen-hopper-random", 50, None, 2),
+     ("ogbench:cube-single-play-singletask-v0", 1000, None, 0)],
+)
+def test_a_generated_datasets_directory_name_gives_back_its_settings(name, steps, noise, seed):
+    key = prepare.dataset_key(name, steps, noise, seed)
+    assert prepare.parse_dataset_key(key) == (name, steps, noise, seed)
+
+
+@pytest.mark.parametrize("key", ["hopper-medium-v2", "gen-maze2d-umaze-3000steps-seed0",
+                                 "gen-hopper-random-50steps-noise0.5-seed2", "hopper-medium-3steps-seed1"])
+def test_other_names_are_not_read_as_generated_keys(key):
+    assert prepare.parse_dataset_key(key) is None
+
+
+def test_the_prepare_command_a_missing_dataset_names_builds_that_dataset(tmp_path, monkeypatch):
+    from diffuser import cli
+
+    generator = FakeMazeGenerator()
+    monkeypatch.setattr(prepare, "generate_maze2d_hdf5", generator)
+    missing = tmp_path / "processed" / prepare.dataset_key("gen-maze2d-medium", 30, 0.3, 4)
+    with pytest.raises(DatasetError, match=r"run `python -m diffuser prepare --dataset (\S+)`") as error:
+        load_processed(missing)
+    named = error.value.args[0].split("--dataset ")[1].split("`")[0]
+    cli.main(["prepare", "--dataset", named, "--data-dir", str(tmp_path)])
+    assert generator.calls == [{"maze": "medium", "steps": 30, "action_noise": 0.3, "seed": 4}]
+    assert load_processed(missing)[1]["generation"] == {"steps": 30, "action_noise": 0.3, "seed": 4}

@@ -110,6 +110,25 @@ def dataset_key(name: str, steps: int, action_noise: float, seed: int) -> str:
     return name
 
 
+_GENERATED_KEY = re.compile(r"(?P<name>.+)-(?P<steps>\d+)steps(?:-noise(?P<noise>[0-9.e+-]+))?-seed(?P<seed>\d+)")
+
+
+def parse_dataset_key(key: str) -> tuple[str, int, float | None, int] | None:
+    """(name, steps, action_noise, seed) of a generated dataset's `dataset_key`, so the directory name
+    an error message shows can be given back to `prepare --dataset`; None for any other name."""
+    match = _GENERATED_KEY.fullmatch(key)
+    if match is None:
+        return None
+    name, noise = match["name"], match["noise"]
+    steps, seed = int(match["steps"]), int(match["seed"])
+    action_noise = float(noise) if noise is not None else None
+    if (action_noise is None) == bool(GENERATED_MAZE.fullmatch(name)):  # a maze key names its noise, no other does
+        return None
+    if dataset_key(name, steps, action_noise, seed) != key:  # not a generated dataset's name after all
+        return None
+    return name, steps, action_noise, seed
+
+
 def dataset_key_of(config: Mapping) -> str:
     """`dataset_key` of a cell config's `dataset` and its generation settings."""
     return dataset_key(
