@@ -223,7 +223,7 @@ def test_default_config_plans_one_job_per_dataset_vae_and_cell(tmp_path):
     jobs = planned_jobs(checkout)
     spec = load_spec(ROOT / "config" / "config.yaml")
     assert jobs == expected_jobs(spec)
-    assert jobs["train"] == 4 and jobs["pretrain_vae"] == 2  # 2 modes x 2 seeds; the VAE depends on the seed only
+    assert jobs["train"] == 6 and jobs["pretrain_vae"] == 3  # 2 modes x 3 seeds; the VAE depends on the seed only
 
 
 def test_example_config_plans_two_cells_sharing_one_vae_each_on_a_gpu(tmp_path):
