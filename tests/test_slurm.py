@@ -318,7 +318,7 @@ def declared_local_rules(directory: Path) -> set[str]:
             continue
         text = path.read_text()
         starts = list(RULE_START.finditer(text))
-        for start, following in zip(starts, starts[1:] + [None], strict=True):
+        for start, following in zip(starts, [*starts[1:], None][: len(starts)], strict=True):
             block = text[start.end() : following.start() if following else len(text)]
             if LOCAL_DIRECTIVE.search(block) or not ACTION_DIRECTIVE.search(block):
                 local.add(start[1])
