@@ -40,10 +40,19 @@ def parse_args(argv):
     return args
 
 
-def timed(fn) -> float:
-    begin = time.perf_counter()
-    fn()
-    return time.perf_counter() - begin
+def time_online(trainer: OnlineRLTrainer, n_steps: int, repeats: int) -> tuple[float, float]:
+    """Median seconds of (a collection alone, a collection and its PPO pass)."""
+    trainer.collect(n_steps)  # warm-up: first resets, the frozen copy, lazy initialisation
+    collect, phase = [], []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        trainer.collector.collect(trainer.model, n_steps, trainer.rl_generator, trainer.buffer)
+        collect.append(time.perf_counter() - begin)
+        begin = time.perf_counter()
+        trainer.collect(n_steps)
+        trainer.rl_update()
+        phase.append(time.perf_counter() - begin)
+    return median(collect), median(phase)
 
 
 def main(argv=None) -> list[dict]:
@@ -61,13 +70,8 @@ def main(argv=None) -> list[dict]:
             model = steps.build_model(config, dataset.obs_dim, dataset.action_dim)
             trainer = OnlineRLTrainer(config, dataset, model, run_dir)
             stack.callback(trainer.close)
-            trainer.collect(args.steps)  # warm-up: first resets, the frozen copy, lazy initialisation
-            collect, phase = [], []
-            for _ in range(args.repeats):
-                collect.append(timed(lambda: trainer.collector.collect(  # noqa: B023 (called at once)
-                    trainer.model, args.steps, trainer.rl_generator, trainer.buffer)))
-                phase.append(timed(lambda: (trainer.collect(args.steps), trainer.rl_update())))  # noqa: B023
-            rows.append({"envs": num_envs, "collect": args.steps / median(collect), "phase": args.steps / median(phase),
+            collect, phase = time_online(trainer, args.steps, args.repeats)
+            rows.append({"envs": num_envs, "collect": args.steps / collect, "phase": args.steps / phase,
                          "decisions": len(trainer.rollout["rewards"])})
     for row in rows:
         row["collect_ratio"] = row["collect"] / rows[0]["collect"]

@@ -166,7 +166,7 @@ def test_clip_ranges_narrow_and_advantages_are_discounted_for_earlier_steps(tmp_
     config = online_config(tmp_path, ppo_clip=0.01, ppo_clip_base=0.001, ppo_clip_rate=3.0)
     clips = step_clip_ranges(5, RLUpdateConfig.view(config)).tolist()
     assert clips[0] == pytest.approx(0.001) and clips[-1] == pytest.approx(0.01)
-    assert all(a < b for a, b in zip(clips, clips[1:]))
+    assert all(a < b for a, b in zip(clips, clips[1:], strict=False))
     # exponential rise: the middle step is closer to the base than the linear midpoint
     assert clips[2] < (0.001 + 0.01) / 2
     np.testing.assert_allclose(step_advantage_discounts(3, 0.9).numpy(), [0.81, 0.9, 1.0], rtol=1e-6)
