@@ -77,10 +77,9 @@ def test_collection_schedule_counts_every_environment_step(tmp_path, tiny_maze_d
     logged = {metric for _, metric, _ in rows}
     assert {"policy_loss", "rl_value_loss", "entropy", "value_loss", "clip_fraction", "approx_kl",
             "explained_variance", "rl_minibatches"} <= logged
-    # one PPO pass per collection, right after it (rl_update_freq 5 divides the schedule): ratios start at 1;
-    # the first two passes (rl_critic_warmup_collections 2) train the value network only
+    # one PPO pass per collection, right after it (rl_update_freq 5 divides the schedule): ratios start at 1
     first = {int(step): float(value) for step, metric, value in rows if metric == "clip_fraction_first"}
-    assert first == {70: 0.0, 90: 0.0}
+    assert first == {30: 0.0, 50: 0.0, 70: 0.0, 90: 0.0}
     passes = [int(step) for step, metric, _ in rows if metric == "rl_minibatches"]
     assert passes == [30, 50, 70, 90]
 
@@ -138,7 +137,7 @@ def test_clip_fraction_of_the_first_minibatch_after_a_collection_is_zero(tmp_pat
 
 
 def test_critic_warmup_trains_the_value_network_only(tmp_path, tiny_maze_data):
-    config = online_config(tmp_path, rl_critic_warmup_collections=1)
+    config = online_config(tmp_path, rl_critic_warmup_collections=1, rl_learning_rate=1e-3)
     trainer = make_trainer(config, tiny_maze_data, tmp_path / "run")
     trainer.collect(12)
     policy = [p.clone() for p in trainer.model.denoiser.parameters()]

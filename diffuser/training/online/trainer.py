@@ -12,7 +12,7 @@ The offline losses run every step, as in `Trainer`. On top of them, after `rl_wa
   denoising steps are frozen at the current encoder and denoiser (DPPO's frozen base policy);
 - each rollout feeds one PPO pass (update.py: `rl_update_epochs` epochs over minibatches of
   (decision, fine-tuned denoising step) pairs, `policy_loss`, `rl_value_loss`, minus `entropy_weight`
-  times the chain entropy, at `rl_learning_rate`). It runs at the first training step at or after the
+  times the chain entropy; the policy at `rl_learning_rate`, the value network at `rl_value_learning_rate`). It runs at the first training step at or after the
   collection that is a multiple of `rl_update_freq`: with the default schedule (and whenever
   rl_update_freq divides rl_warmup_steps and rl_collect_freq) that is the collection's own step, so the
   pass starts from the policy that collected and its ratios start at 1. Running the whole pass at once,
@@ -52,7 +52,7 @@ from diffuser.training.online.update import (
     RLUpdateConfig,
     make_value_net,
     ppo_pass,
-    rl_parameters,
+    rl_parameter_groups,
     rollout_log_probs,
 )
 from diffuser.training.trainer import Trainer, make_optimizer
@@ -66,7 +66,8 @@ class OnlineRLTrainer(Trainer):
         # Built now so a dataset whose environment cannot be built stops before any training.
         envs = [make_env(dataset.metadata) for _ in range(config["rl_num_envs"])]
         self.value_net = make_value_net(dataset.obs_dim, config["hidden_dim"]).to(self.device)
-        self.rl_optimizer = make_optimizer(rl_parameters(model, self.value_net), config, config["rl_learning_rate"])
+        self.rl_optimizer = make_optimizer(rl_parameter_groups(model, self.value_net, config["rl_value_learning_rate"]),
+                                           config, config["rl_learning_rate"])
         self.rl_config = RLUpdateConfig.view(config)
         self.rl_generator = generator(config["seed"], COLLECTION_STREAM)
         self.buffer = OnlineBuffer(dataset.obs_dim, dataset.action_dim)

@@ -61,11 +61,12 @@ def make_value_net(obs_dim: int, hidden_dim: int) -> nn.Module:
     return mlp(obs_dim, hidden_dim, 1, activation=nn.ReLU)
 
 
-def rl_parameters(model, value_net: nn.Module) -> list:
-    """What the RL update trains: the denoiser, the trajectory encoder, the chain's std and the value network
-    (the frozen first denoising steps have their own copies, outside this list)."""
-    return [*model.denoiser.parameters(), *model.trajectory_encoder.parameters(), model.chain_log_std,
-            *value_net.parameters()]
+def rl_parameter_groups(model, value_net: nn.Module, value_learning_rate: float) -> list[dict]:
+    """What the RL update trains, as optimizer groups: the policy (denoiser, trajectory encoder, the chain's
+    std; the frozen first denoising steps have their own copies, outside it) at the optimizer's learning
+    rate, and the value network at `value_learning_rate` (DPPO's actor and critic learning rates)."""
+    policy = [*model.denoiser.parameters(), *model.trajectory_encoder.parameters(), model.chain_log_std]
+    return [{"params": policy}, {"params": list(value_net.parameters()), "lr": value_learning_rate}]
 
 
 def step_clip_ranges(n_tuned: int, cfg: RLUpdateConfig) -> torch.Tensor:
