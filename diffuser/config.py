@@ -21,8 +21,9 @@ key, what was expected and what was given. The rules, in the order they apply:
   from the swept keys in alphabetical order (so reordering a spec does not rename results), e.g.
   `online_training~True/seed~100`; with no variables the one cell is named `default`.
 - Impossible combinations stop the run too, naming the cells: n_sampling_steps > n_diffusion_steps;
-  a trainer that contradicts online_training; online training of models.BC, models.IQL or
-  models.FQL; online training whose rl_warmup_steps >= n_train_steps (it would never interact) or whose
+  a trainer that contradicts online_training or the model (utils.OnlineRLTrainer for IQL/FQL,
+  utils.OnlineReplayTrainer for the others); online training of models.BC; online training whose
+  rl_warmup_steps >= n_train_steps (it would never interact); policy-gradient online training whose
   rl_update_freq > rl_collect_freq (collections would go unused); a dataset name that names no known
   dataset or would leave data/ (diffuser.datasets.prepare.dataset_name_problem). Cells that generate
   one dataset with different settings get different datasets (its directory names the settings).
@@ -53,7 +54,13 @@ import jsonschema
 import yaml
 
 from diffuser.errors import ConfigError
-from diffuser.registry import MODELS_WITH_VAE, OFFLINE_TRAINER, ONLINE_TRAINER
+from diffuser.registry import (
+    MODELS_WITH_VAE,
+    OFFLINE_TRAINER,
+    ONLINE_TRAINER,
+    REPLAY_ONLINE_MODELS,
+    REPLAY_TRAINER,
+)
 from diffuser.training.loggers import LOGGER_PACKAGES, wandb_api_key, wandb_login_problem
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
@@ -395,20 +402,26 @@ def _cell_problems(config: dict) -> list[str]:
     trainer, online = config["trainer"], config["online_training"]
     if trainer == OFFLINE_TRAINER and online:
         problems.append(f"trainer {OFFLINE_TRAINER} trains offline only but online_training is true; set trainer: null.")
-    if trainer == ONLINE_TRAINER and not online:
-        problems.append(f"trainer {ONLINE_TRAINER} needs online_training: true; set trainer: null.")
-    if online and config["diffusion"] == "models.BC":
-        problems.append("models.BC has no denoising chain to fine-tune online; set online_training: false or diffusion: models.DiffusionRL.")
-    if online and config["diffusion"] in ("models.IQL", "models.FQL"):
-        problems.append(f"online training of {config['diffusion']} is not yet supported; set online_training: false, "
-                        "or diffusion: models.DiffusionRL for online + offline.")
+    for online_trainer in (ONLINE_TRAINER, REPLAY_TRAINER):
+        if trainer == online_trainer and not online:
+            problems.append(f"trainer {online_trainer} needs online_training: true; set trainer: null.")
+    model = config["diffusion"]
+    if trainer == ONLINE_TRAINER and model in REPLAY_ONLINE_MODELS:
+        problems.append(f"trainer {ONLINE_TRAINER} fine-tunes a denoising chain, which {model} does not have; "
+                        f"set trainer: null ({model} trains online with {REPLAY_TRAINER}).")
+    if trainer == REPLAY_TRAINER and model not in REPLAY_ONLINE_MODELS:
+        problems.append(f"trainer {REPLAY_TRAINER} is the online mode of {', '.join(sorted(REPLAY_ONLINE_MODELS))}, "
+                        f"not of {model}; set trainer: null.")
+    if online and model == "models.BC":
+        problems.append("models.BC has no online mode; set online_training: false, or diffusion: models.DiffusionRL "
+                        "(or models.IQL, models.FQL) for online + offline.")
     if online and config["rl_warmup_steps"] >= config["n_train_steps"]:
         problems.append(
             f"online_training is true but rl_warmup_steps ({config['rl_warmup_steps']}) >= n_train_steps "
             f"({config['n_train_steps']}), so the run would never interact with the environment; "
             "lower rl_warmup_steps or set online_training: false."
         )
-    if online and config["rl_update_freq"] > config["rl_collect_freq"]:
+    if online and model not in REPLAY_ONLINE_MODELS and config["rl_update_freq"] > config["rl_collect_freq"]:
         problems.append(
             f"rl_update_freq ({config['rl_update_freq']}) > rl_collect_freq ({config['rl_collect_freq']}): each "
             "collection feeds one PPO pass, run at a multiple of rl_update_freq, so some collections would never be "

@@ -22,6 +22,7 @@ CLASSES: dict[str, tuple[str, str]] = {
     "datasets.VAESequenceDataset": ("diffuser.datasets.sequence", "VAESequenceDataset"),
     "utils.Trainer": ("diffuser.training.trainer", "Trainer"),
     "utils.OnlineRLTrainer": ("diffuser.training.online.trainer", "OnlineRLTrainer"),
+    "utils.OnlineReplayTrainer": ("diffuser.training.online.replay", "OnlineReplayTrainer"),
     "utils.MADEvaluator": ("diffuser.evaluation.evaluator", "MADEvaluator"),
 }
 # The seed's guide names utils.OfflineRLTrainer for online + offline training and calls it
@@ -29,6 +30,9 @@ CLASSES: dict[str, tuple[str, str]] = {
 MODE_TRAINERS = ("utils.OfflineRLTrainer", None)
 OFFLINE_TRAINER = "utils.Trainer"
 ONLINE_TRAINER = "utils.OnlineRLTrainer"
+# The baselines fine-tune online as their papers do, with their own losses on offline + online data.
+REPLAY_TRAINER = "utils.OnlineReplayTrainer"
+REPLAY_ONLINE_MODELS = frozenset({"models.IQL", "models.FQL"})
 # models that own an ActionVAE, which the pretrain step trains on its own (DiffusionPolicy diffuses actions)
 MODELS_WITH_VAE = frozenset({"models.DiffusionRL"})
 
@@ -63,12 +67,15 @@ def resolve(name: str):
 
 
 def trainer_name(config: Mapping) -> str:
-    """The registered trainer a cell uses: its `trainer`, or for null/utils.OfflineRLTrainer the mode's.
+    """The registered trainer a cell uses: its `trainer`, or for null/utils.OfflineRLTrainer the mode's
+    (online: the replay trainer for IQL and FQL, the policy-gradient one for the diffusion models).
 
     A trainer that contradicts `online_training` never gets here: config validation refuses it.
     """
     if config["trainer"] in MODE_TRAINERS:
-        return ONLINE_TRAINER if config["online_training"] else OFFLINE_TRAINER
+        if not config["online_training"]:
+            return OFFLINE_TRAINER
+        return REPLAY_TRAINER if config["diffusion"] in REPLAY_ONLINE_MODELS else ONLINE_TRAINER
     return config["trainer"]
 
 

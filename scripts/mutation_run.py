@@ -48,6 +48,15 @@ MODULE_TESTS = {
     "diffuser/datasets/sequence.py": ["tests/test_sequence_dataset.py"],
     "diffuser/datasets/d4rl.py": ["tests/test_d4rl_format.py"],
     "diffuser/reporting/aggregate.py": ["tests/test_reporting.py"],
+    "diffuser/reporting/stats.py": ["tests/test_statistics.py"],
+    "diffuser/training/loggers.py": ["tests/test_loggers.py"],
+    "diffuser/training/metrics.py": ["tests/test_sync_free_step.py", "tests/test_trainer_rules.py"],
+    "diffuser/training/online/mixing.py": ["tests/test_online_baselines.py", "tests/test_online_training.py"],
+    "diffuser/training/online/replay.py": ["tests/test_online_baselines.py"],
+    "diffuser/models/iql.py": ["tests/test_baselines.py", "tests/test_online_baselines.py"],
+    "diffuser/models/fql.py": ["tests/test_baselines.py", "tests/test_online_baselines.py"],
+    "diffuser/models/diffusion_policy.py": ["tests/test_baselines.py"],
+    "diffuser/models/ensembles.py": ["tests/test_critics.py", "tests/test_baselines.py"],
 }
 
 COMPARE_SWAPS = {

@@ -7,7 +7,7 @@ import yaml
 from test_workflow import make_checkout, plan
 
 from diffuser import steps
-from diffuser.config import ConfigError, cell_defaults, load_cell_config, load_spec
+from diffuser.config import cell_defaults, load_cell_config
 from diffuser.models import FQL, IQL, DiffusionPolicy
 from diffuser.training.trainer import Trainer
 
@@ -141,14 +141,6 @@ def test_iql_trains_at_its_own_learning_rate(tmp_path):
     model = steps.build_model(config, OBS_DIM, ACTION_DIM)
     trainer = Trainer(config, dataset=None, model=model, run_dir=tmp_path)
     assert trainer.optimizer.param_groups[0]["lr"] == 2e-4
-
-
-@pytest.mark.parametrize("name", ["models.IQL", "models.FQL"])
-def test_online_iql_and_fql_are_a_clear_error_before_any_job(name, tmp_path):
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({"constants": {"diffusion": name, "online_training": True}}))
-    with pytest.raises(ConfigError, match=f"online training of {name} is not yet supported"):
-        load_spec(spec)
 
 
 # ------------------------------------------------------------------------ the shared Trainer

@@ -310,3 +310,24 @@ def test_the_cells_table_takes_swept_variables_from_the_cell_paths(tmp_path):
     pairs = sorted(zip(cells["online_training"], cells["seed"], strict=True))
     assert pairs == sorted((online, seed) for online, by_seed in SCORES.items() for seed in by_seed)
     assert cells["online_training"].map(type).eq(bool).all()
+
+
+def test_a_sweep_over_models_is_summarized_and_drawn_per_model(tmp_path):
+    models = ["models.BC", "models.IQL", "models.FQL", "models.DiffusionPolicy", "models.DiffusionRL"]
+    for m, model in enumerate(models):
+        for seed in (0, 1):
+            cell = tmp_path / "cells" / f"diffusion~{model}" / f"seed~{seed}"
+            cell.mkdir(parents=True)
+            (cell / "config.yaml").write_text(yaml.safe_dump({"diffusion": model, "seed": seed}))
+            score = 10.0 * m + seed
+            (cell / "eval.json").write_text(json.dumps({"mean_normalized_score": score, "mean_return": score}))
+            (cell / "metrics.csv").write_text("step,metric,value\n10,loss,1.0\n20,loss,0.5\n")
+    variables = ["diffusion", "seed"]
+    summary = summarize(collect_cells(tmp_path, variables), variables).set_index("diffusion")
+    assert sorted(summary.index) == sorted(models)
+    for m, model in enumerate(models):
+        assert summary.loc[model, "mean"] == pytest.approx(10.0 * m + 0.5)
+    paths = aggregate_experiment(tmp_path, variables)
+    assert "final_score_by_diffusion.png" in paths and paths["final_score_by_diffusion.png"].is_file()
+    page = paths["page"].read_text()
+    assert all(model in page for model in models)

@@ -159,8 +159,15 @@ class FQL(nn.Module):
 
     # --------------------------------------------------------------------------------------- acting
     @torch.no_grad()
-    def act(self, observations, history_observations, history_actions, history_mask) -> torch.Tensor:
+    def act(self, observations, history_observations, history_actions, history_mask,
+            generator: torch.Generator | None = None) -> torch.Tensor:
         """Same signature as DiffusionRL.act; the history is not used. The one-step policy on fresh noise."""
-        noise = torch.randn(observations.shape[0], self.action_horizon * self.action_dim, device=observations.device)
+        # drawn where the generator lives (the run's streams are CPU generators), then moved
+        device = generator.device if generator is not None else observations.device
+        noise = torch.randn(observations.shape[0], self.action_horizon * self.action_dim, generator=generator,
+                            device=device).to(observations.device)
         actions = self.one_step_actions(observations, noise).clamp(-ACTION_BOUND, ACTION_BOUND)
         return actions.view(-1, self.action_horizon, self.action_dim)
+
+    # FQL's policy is stochastic through its input noise: it explores online exactly as it acts.
+    explore = act

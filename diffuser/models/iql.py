@@ -101,5 +101,17 @@ class IQL(nn.Module):
         """Same signature as DiffusionRL.act; the history is not used. The mean action, as IQL evaluates."""
         return self(observations)
 
+    @torch.no_grad()
+    def explore(self, observations, history_observations, history_actions, history_mask,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """[N, K, A]: a sample of the Gaussian policy, clipped to the action box; how IQL acts while it
+        fine-tunes online (the paper's online phase samples from the policy; it evaluates with the mean)."""
+        mean = self(observations).flatten(1)
+        std = self.policy_log_std.clamp(*LOG_STD_RANGE).exp()
+        # drawn where the generator lives (the run's streams are CPU generators), then moved
+        noise = torch.randn(mean.shape, generator=generator,
+                            device=generator.device if generator is not None else mean.device).to(mean.device)
+        return (mean + std * noise).clamp(-1.0, 1.0).view(-1, self.action_horizon, self.action_dim)
+
     def after_optimizer_step(self) -> None:
         self.critic.update_targets()

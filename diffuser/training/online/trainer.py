@@ -47,6 +47,7 @@ from diffuser.envs.make import make_env
 from diffuser.envs.scores import episode_scores
 from diffuser.runtime.seeding import COLLECTION_STREAM, generator
 from diffuser.training.online.buffer import OnlineBuffer
+from diffuser.training.online.mixing import mixed_batch, online_sequence_dataset
 from diffuser.training.online.rollout import Collector, collection_steps, explained_variance, finish_rollout
 from diffuser.training.online.update import (
     RLUpdateConfig,
@@ -118,29 +119,11 @@ class OnlineRLTrainer(Trainer):
 
     # ----------------------------------------------------------------------------- offline batches
     def _rebuild_online_dataset(self) -> None:
-        arrays = self.buffer.arrays() if len(self.buffer) else None
-        if arrays is None or arrays["episode_lengths"].max() < self.config["action_horizon"]:
-            self.online_dataset = None
-            return
-        # the offline metadata, so the online data is normalized with the offline statistics
-        self.online_dataset = VAESequenceDataset(
-            (arrays, self.dataset.metadata),
-            history_horizon=self.config["history_horizon"],
-            action_horizon=self.config["action_horizon"],
-            discount=self.config["discount"],
-            reward_scale=self.config["reward_scale"],
-            normalizer=self.config["normalizer"],
-            device=self.device,
-        )
+        self.online_dataset = online_sequence_dataset(self.buffer, self.dataset, self.config, self.device)
 
     def _sample_batch(self) -> dict:
-        batch_size = self.config["batch_size"]
-        n_online = round(self.config["online_sample_fraction"] * batch_size) if self.online_dataset else 0
-        offline = self.dataset.sample(batch_size - n_online, self.generator)
-        if n_online == 0:
-            return offline
-        online = self.online_dataset.sample(n_online, self.generator)
-        return {key: torch.cat([offline[key], online[key]]) for key in offline}
+        return mixed_batch(self.dataset, self.online_dataset, self.config["online_sample_fraction"],
+                           self.config["batch_size"], self.generator)
 
     # --------------------------------------------------------------------------------- schedule
     def _after_step(self, step: int) -> dict:

@@ -1,0 +1,39 @@
+"""Offline-loss batches once online data exists: the online buffer as a sequence dataset, and batches
+that take a fixed share of their samples from it."""
+
+from __future__ import annotations
+
+import torch
+
+from diffuser.datasets.sequence import VAESequenceDataset
+from diffuser.training.online.buffer import OnlineBuffer
+
+
+def online_sequence_dataset(buffer: OnlineBuffer, offline: VAESequenceDataset, config: dict,
+                            device) -> VAESequenceDataset | None:
+    """The buffer's steps as a dataset of the offline one's kind, normalized with the offline statistics
+    (its metadata); None until some episode in it is at least one action chunk long."""
+    arrays = buffer.arrays() if len(buffer) else None
+    if arrays is None or arrays["episode_lengths"].max() < config["action_horizon"]:
+        return None
+    return VAESequenceDataset(
+        (arrays, offline.metadata),
+        history_horizon=config["history_horizon"],
+        action_horizon=config["action_horizon"],
+        discount=config["discount"],
+        reward_scale=config["reward_scale"],
+        normalizer=config["normalizer"],
+        device=device,
+    )
+
+
+def mixed_batch(offline: VAESequenceDataset, online: VAESequenceDataset | None, online_fraction: float,
+                batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """`batch_size` samples, round(online_fraction * batch_size) of them (the last rows) from `online`
+    when it exists, the rest from `offline`."""
+    n_online = round(online_fraction * batch_size) if online is not None else 0
+    batch = offline.sample(batch_size - n_online, generator)
+    if n_online == 0:
+        return batch
+    extra = online.sample(n_online, generator)
+    return {key: torch.cat([batch[key], extra[key]]) for key in batch}
