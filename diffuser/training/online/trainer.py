@@ -60,7 +60,8 @@ from diffuser.training.trainer import Trainer, make_optimizer
 
 
 class OnlineRLTrainer(Trainer):
-    divergence_remedy = "lower learning_rate (rl_learning_rate for policy_loss, rl_value_loss and entropy) or check the data"
+    divergence_remedy = ("lower learning_rate (rl_learning_rate for policy_loss and entropy, rl_value_learning_rate for "
+                         "rl_value_loss) or check the data")
 
     def __init__(self, config: dict, dataset, model: nn.Module, run_dir, evaluator=None, device="cpu"):
         super().__init__(config, dataset, model, run_dir, evaluator=evaluator, device=device)

@@ -119,7 +119,7 @@ def ppo_losses(model, value_net: nn.Module, rollout: dict[str, torch.Tensor], de
         advantages = (advantages - advantages.mean()) / (advantages.std() + ADVANTAGE_STD_EPS)
     advantages = advantages * step_advantage_discounts(n_tuned, cfg.gamma_denoising).to(advantages)[tuned_index]
     clip = step_clip_ranges(n_tuned, cfg).to(ratio)[tuned_index]
-    policy_loss = torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - clip, 1 + clip)).mean()
+    policy_loss = -torch.min(advantages * ratio, advantages * torch.clamp(ratio, 1 - clip, 1 + clip)).mean()
     value_loss = torch.mean((value_net(rollout["observations"][decisions]).squeeze(-1) - rollout["returns"][decisions]) ** 2)
     entropy = model.chain_entropy()
     if critic_only:
