@@ -218,3 +218,16 @@ def test_diffusion_policy_trains_online_through_the_same_chain_policy_update(tmp
     assert {"policy_loss", "rl_value_loss", "entropy", "diffusion_loss"} <= {metric for _, metric, _ in rows}
     assert trainer.env_steps == len(trainer.buffer) > 0
     assert not torch.equal(trainer.model.chain_log_std, before), "the RL update must train the chain policy"
+
+
+@pytest.mark.parametrize(("dataset", "alpha", "expected"), [
+    ("ogbench:cube-single-play-singletask-v0", None, 300.0),
+    ("ogbench:puzzle-3x3-play-singletask-task4-v0", None, 1000.0),
+    ("antmaze-large-diverse-v2", None, 3.0),
+    ("gen-maze2d-umaze", None, 10.0),  # no published value: the authors' default
+    ("ogbench:cube-single-play-singletask-v0", 0.5, 0.5),  # a value given wins
+])
+def test_fql_alpha_defaults_to_the_authors_value_for_the_task(dataset, alpha, expected):
+    model = steps.build_model({**cell_defaults(), **SMALL, "diffusion": "models.FQL", "dataset": dataset,
+                               "fql_alpha": alpha}, OBS_DIM, ACTION_DIM)
+    assert model.alpha == expected

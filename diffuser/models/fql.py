@@ -15,8 +15,9 @@ discount^K (as the IQL critic here does).
 
 Published settings (the paper's hyper-parameter table and the authors' configuration): MLPs of 4 x 512
 (GELU; LayerNorm in the critic only), Adam at 3e-4, batch 256, discount 0.99, target rate 0.005, 10
-flow steps, Q aggregated by the mean, the Q term not normalised; alpha is tuned per task (the schema
-default is 10).
+flow steps, Q aggregated by the mean, the Q term not normalised; alpha is tuned per task:
+`fql_alpha: null` (the schema default) takes the authors' value for the dataset's task
+(PUBLISHED_ALPHAS) and their default, 10, for any other dataset.
 Where this differs, because one trainer trains every model: one optimizer over the summed losses
 (they touch disjoint parameters, so this matches separate Adam optimizers except for the shared
 `grad_clip` norm and `lr_schedule`), and the evaluated policy is the EMA copy (`ema_decay`).
@@ -38,6 +39,19 @@ from diffuser.models.settings import Settings
 HIDDEN_LAYERS = 4
 N_CRITICS = 2
 ACTION_BOUND = 1.0  # actions are scaled to [-1, 1] by the dataset
+# The authors' per-task alpha (dataset-name prefix -> alpha), from the offline commands in the README of
+# github.com/seohongpark/fql (the values behind the paper's tables); the first matching prefix wins.
+PUBLISHED_ALPHAS = (
+    ("ogbench:cube-", 300.0), ("ogbench:scene-", 300.0), ("ogbench:puzzle-", 1000.0),
+    ("ogbench:humanoidmaze-", 30.0), ("ogbench:antsoccer-", 10.0), ("ogbench:antmaze-giant-", 10.0),
+    ("antmaze-large-", 3.0), ("antmaze-medium-", 10.0), ("antmaze-umaze", 10.0),
+)
+AUTHORS_DEFAULT_ALPHA = 10.0  # their configuration's default, for tasks they did not tune
+
+
+def published_alpha(dataset: str) -> float:
+    """The authors' alpha for `dataset` (a cell's `dataset` value), or their default where none is published."""
+    return next((alpha for prefix, alpha in PUBLISHED_ALPHAS if dataset.startswith(prefix)), AUTHORS_DEFAULT_ALPHA)
 
 
 def network(in_dim: int, hidden_dim: int, out_dim: int, layer_norm: bool) -> nn.Sequential:
@@ -70,7 +84,8 @@ class FQLConfig(Settings):
     action_horizon: int
     fql_hidden_dim: int
     fql_learning_rate: float
-    fql_alpha: float
+    fql_alpha: float | None
+    dataset: str
     fql_flow_steps: int
     fql_q_aggregation: str
     discount: float
@@ -86,7 +101,7 @@ class FQL(nn.Module):
         cfg = FQLConfig.view(config)
         self.action_horizon = cfg.action_horizon
         self.action_dim = action_dim
-        self.alpha = cfg.fql_alpha
+        self.alpha = cfg.fql_alpha if cfg.fql_alpha is not None else published_alpha(cfg.dataset)
         self.flow_steps = cfg.fql_flow_steps
         self.q_aggregation = cfg.fql_q_aggregation
         self.target_update_rate = cfg.target_update_rate
