@@ -19,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 # Cheapest first, so a broken setup shows early.
-BENCHMARKS = ("sampler", "training", "evaluation", "sampling")
+BENCHMARKS = ("sampler", "training", "evaluation", "online_collection", "sampling")
 # Scripts run_all leaves out, and why (each bench_*.py is in one of the two lists; a test checks it).
 NOT_RUN = {
     "policy_quality": "trains and evaluates full runs for minutes per seed; run it by hand",

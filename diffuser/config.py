@@ -22,7 +22,9 @@ key, what was expected and what was given. The rules, in the order they apply:
   `online_training~True/seed~100`; with no variables the one cell is named `default`.
 - Impossible combinations stop the run too, naming the cells: n_sampling_steps > n_diffusion_steps;
   a trainer that contradicts online_training or the model (utils.OnlineRLTrainer for IQL/FQL,
-  utils.OnlineReplayTrainer for the others); online training of models.BC; online training whose rl_warmup_steps >= n_train_steps (it would never interact); a dataset name that names no known
+  utils.OnlineReplayTrainer for the others); online training of models.BC; online training whose
+  rl_warmup_steps >= n_train_steps (it would never interact); policy-gradient online training whose
+  rl_update_freq > rl_collect_freq (collections would go unused); a dataset name that names no known
   dataset or would leave data/ (diffuser.datasets.prepare.dataset_name_problem). Cells that generate
   one dataset with different settings get different datasets (its directory names the settings).
 
@@ -418,6 +420,12 @@ def _cell_problems(config: dict) -> list[str]:
             f"online_training is true but rl_warmup_steps ({config['rl_warmup_steps']}) >= n_train_steps "
             f"({config['n_train_steps']}), so the run would never interact with the environment; "
             "lower rl_warmup_steps or set online_training: false."
+        )
+    if online and model not in REPLAY_ONLINE_MODELS and config["rl_update_freq"] > config["rl_collect_freq"]:
+        problems.append(
+            f"rl_update_freq ({config['rl_update_freq']}) > rl_collect_freq ({config['rl_collect_freq']}): each "
+            "collection feeds one PPO pass, run at a multiple of rl_update_freq, so some collections would never be "
+            "learned from; make rl_update_freq a divisor of rl_collect_freq."
         )
     for logger in config["loggers"]:
         package = LOGGER_PACKAGES.get(logger)

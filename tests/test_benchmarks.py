@@ -50,6 +50,19 @@ def test_bench_evaluation_compares_batched_and_sequential_episodes(tiny_maze_dat
     assert "batched/sequential" in capsys.readouterr().out
 
 
+def test_bench_online_collection_reports_ratios_to_one_environment(tiny_maze_data, capsys):
+    rows = bench("online_collection").main(
+        ["--data-dir", str(tiny_maze_data), "--envs", "1", "3", "--steps", "12", "--repeats", "1", *TINY]
+    )
+    assert [row["envs"] for row in rows] == [1, 3]
+    for row in rows:
+        assert positive(row["collect"], row["phase"])
+        assert row["collect_ratio"] == pytest.approx(row["collect"] / rows[0]["collect"])
+        assert row["phase_ratio"] == pytest.approx(row["phase"] / rows[0]["phase"])
+    assert rows[0]["collect_ratio"] == 1.0
+    assert "collect+PPO steps/s" in capsys.readouterr().out
+
+
 def test_bench_sampling_trains_a_policy_and_compares_samplers(tiny_maze_data, capsys):
     rows = bench("sampling").main(
         ["--data-dir", str(tiny_maze_data), "--train-steps", "3", "--vae-steps", "2", "--episodes", "2",

@@ -13,13 +13,18 @@ from diffuser.reporting import (
     summarize,
     write_summary,
 )
-from diffuser.reporting.figures import learning_curves, plot_learning_curve, variant_colors
+from diffuser.reporting.figures import env_step_curves, learning_curves, plot_learning_curve, variant_colors
 
 SEEDS = (100, 200, 300)
 # Final normalized scores per (online_training, seed).
 SCORES = {False: {100: 40.0, 200: 50.0, 300: 66.0}, True: {100: 70.0, 200: 75.0, 300: 89.0}}
 VARIABLES = ["online_training", "seed"]
 T_975_DF2 = 4.303  # Student t table, two-sided 95%, 2 degrees of freedom
+
+
+def online_env_steps(step: int) -> int:
+    """An online cell's environment steps at training step `step`: 10 per training step after step 40."""
+    return max(step - 40, 0) * 10
 
 
 def write_cell(exp_dir, online, seed, score, log_steps, with_eval=True):
@@ -35,6 +40,9 @@ def write_cell(exp_dir, online, seed, score, log_steps, with_eval=True):
         rows.append((step, "eval_normalized_score", score * step / 100))
         if online:
             rows.append((step, "policy_loss", -0.1 * step / 100))
+            rows.append((step, "env_steps", online_env_steps(step)))
+            if step > 40:
+                rows.append((step, "clip_fraction", 0.1))
     pd.DataFrame(rows, columns=["step", "metric", "value"]).to_csv(cell / "metrics.csv", index=False)
     if with_eval:
         result = {"step": 100, "checkpoint": str(cell / "checkpoints/latest.pt"), "num_episodes": 4, "seed": seed,
@@ -128,6 +136,19 @@ def test_learning_curve_mean_is_the_mean_of_seeds(tmp_path):
     assert np.allclose(line.get_xdata(), offline["step"]) and np.allclose(line.get_ydata(), offline["mean"])
 
 
+def test_online_curves_against_environment_steps(tmp_path):
+    exp_dir = make_experiment(tmp_path)
+    curves = env_step_curves(exp_dir, VARIABLES)
+    assert {"eval_normalized_score", "clip_fraction"} <= set(curves)
+    score = curves["eval_normalized_score"]
+    assert set(score["variant"]) == {"online_training=True"}, "offline cells take no environment steps"
+    at = score.set_index("step")
+    online_scores = np.array(list(SCORES[True].values()))
+    assert at.loc[online_env_steps(70), "mean"] == pytest.approx(np.mean(online_scores * 70 / 100))
+    # the rows before any interaction (steps 0..40) share 0 environment steps: their mean
+    assert at.loc[0, "mean"] == pytest.approx(np.mean(online_scores) * np.mean(np.arange(0, 41, 10)) / 100)
+
+
 @pytest.fixture(scope="module")
 def aggregated(tmp_path_factory):
     exp_dir = make_experiment(tmp_path_factory.mktemp("exp"))
@@ -143,7 +164,8 @@ def test_aggregate_writes_summary_and_readable_figures(aggregated):
                 "curve_eval_normalized_score.png", "final_scores.png", "final_scores.svg",
                 "final_score_by_online_training.png", "final_score_by_online_training.svg",
                 "offline_vs_online.png", "offline_vs_online.svg", "iqm_scores.png",
-                "performance_profile.png", "probability_of_improvement.png"}
+                "performance_profile.png", "probability_of_improvement.png", "curve_clip_fraction.png",
+                "curve_eval_normalized_score_vs_env_steps.png", "curve_clip_fraction_vs_env_steps.png"}
     assert expected <= set(paths)
     for name, path in paths.items():
         assert path.exists() and path.stat().st_size > 0

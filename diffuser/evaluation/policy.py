@@ -23,12 +23,25 @@ class HistoryWindow:
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.observations, self.actions, self.mask
 
-    def push(self, observations: torch.Tensor, actions: torch.Tensor) -> None:
-        """Append one step ([N, obs_dim], [N, A]) and drop the oldest; new tensors, so a caller may keep the old."""
-        self.observations = torch.cat([self.observations[:, 1:], observations[:, None]], dim=1)
-        self.actions = torch.cat([self.actions[:, 1:], actions[:, None]], dim=1)
-        valid = torch.ones(self.mask.shape[0], 1, dtype=torch.bool, device=self.mask.device)
-        self.mask = torch.cat([self.mask[:, 1:], valid], dim=1)
+    def push(self, observations: torch.Tensor, actions: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        """Append one step ([N, obs_dim], [N, A]) and drop the oldest, in the environments `rows` ([N] bool;
+        default all); new tensors, so a caller may keep the old."""
+        pushed = (torch.cat([self.observations[:, 1:], observations[:, None]], dim=1),
+                  torch.cat([self.actions[:, 1:], actions[:, None]], dim=1),
+                  torch.cat([self.mask[:, 1:], torch.ones_like(self.mask[:, :1])], dim=1))
+        if rows is None:
+            self.observations, self.actions, self.mask = pushed
+            return
+        self.observations, self.actions, self.mask = (
+            torch.where(rows.view(-1, *(1,) * (new.dim() - 1)), new, old)
+            for new, old in zip(pushed, (self.observations, self.actions, self.mask), strict=True))
+
+    def clear(self, rows: torch.Tensor) -> None:
+        """Empty the windows of the environments `rows` ([N] bool): their episodes start anew."""
+        keep = ~rows
+        self.observations = self.observations * keep[:, None, None]
+        self.actions = self.actions * keep[:, None, None]
+        self.mask = self.mask & keep[:, None]
 
 
 class PolicyRunner:

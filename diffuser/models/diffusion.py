@@ -183,17 +183,6 @@ class GaussianDiffusion(nn.Module):
         """[S] entropy (nats) of each transition's Gaussian; their sum is the chain's entropy given x_T."""
         return latent_dim * (HALF_LOG_2PI_E + self.step_stds(n_sampling_steps, min_std, eta, std_scale).log())
 
-    def _chain_means(self, denoiser, cond, states, timesteps, eta, clip) -> torch.Tensor:
-        """[B, S, D] means of x_{j-1} for the states x_j [B, S, D] at the S sub-sequence timesteps, in one network call."""
-        batch, n_steps, dim = states.shape
-        alpha_bars, alpha_bars_prev = self._alpha_bars(timesteps)
-        alpha_bar = alpha_bars.repeat(batch)[:, None]  # [B*S, 1], step index varies fastest
-        alpha_bar_prev = alpha_bars_prev.repeat(batch)[:, None]
-        x0, eps = self.predict_x0(denoiser, states.reshape(batch * n_steps, dim), timesteps.repeat(batch),
-                                  alpha_bar, cond.repeat_interleave(n_steps, dim=0), clip)
-        means = self.ddim_mean(x0, eps, alpha_bar_prev, self.ddim_sigma(alpha_bar, alpha_bar_prev, eta))
-        return means.view(batch, n_steps, dim)
-
     def sample_chain(
         self,
         denoiser,
@@ -230,6 +219,33 @@ class GaussianDiffusion(nn.Module):
                 chain.append(x)
         return torch.stack(chain, dim=1), log_prob
 
+    def transition_log_probs(
+        self,
+        denoiser,
+        cond: torch.Tensor,
+        states: torch.Tensor,
+        next_states: torch.Tensor,
+        step_indices: torch.Tensor,
+        n_sampling_steps: int,
+        min_std: float,
+        eta: float = 1.0,
+        clip: float | None = None,
+        std_scale=1.0,
+    ) -> torch.Tensor:
+        """[B, D] per-dimension log N(next_states; mean(states), std^2) of B transitions, each at its own step
+        `step_indices[b]` (0 = the first, noisiest, step of the `n_sampling_steps` sub-sequence) with its
+        own condition `cond[b]`; differentiable in the denoiser. One network call for the whole batch, so
+        an update can draw (decision, denoising step) pairs at random."""
+        timesteps = self.sampling_timesteps(n_sampling_steps)
+        alpha_bars, alpha_bars_prev = self._alpha_bars(timesteps)
+        alpha_bar = alpha_bars[step_indices][:, None]  # [B, 1]
+        alpha_bar_prev = alpha_bars_prev[step_indices][:, None]
+        x0, eps = self.predict_x0(denoiser, states, timesteps[step_indices], alpha_bar, cond, clip)
+        means = self.ddim_mean(x0, eps, alpha_bar_prev, self.ddim_sigma(alpha_bar, alpha_bar_prev, eta))
+        stds = self.step_stds(n_sampling_steps, min_std, eta, std_scale)[step_indices][:, None]  # [B, 1]
+        z = (next_states - means) / stds
+        return -0.5 * z**2 - (HALF_LOG_2PI + stds.log())
+
     def chain_log_prob(
         self,
         denoiser,
@@ -245,9 +261,9 @@ class GaussianDiffusion(nn.Module):
         (for ratios per denoising step, as DPPO takes them); differentiable in the denoiser."""
         batch, n_states, dim = chain.shape
         n_steps = n_states - 1
-        timesteps = self.sampling_timesteps(n_steps)
-        stds = self.step_stds(n_steps, min_std, eta, std_scale)  # [S]
-        means = self._chain_means(denoiser, cond, chain[:, :-1], timesteps, eta, clip)
-        z = (chain[:, 1:] - means) / stds[None, :, None]
-        log_probs = -0.5 * (z**2).sum(-1) - dim * (HALF_LOG_2PI + stds.log())[None]  # [B, S]
+        steps = torch.arange(n_steps, device=chain.device).repeat(batch)  # [B*S], step index varies fastest
+        log_probs = self.transition_log_probs(
+            denoiser, cond.repeat_interleave(n_steps, dim=0), chain[:, :-1].reshape(-1, dim),
+            chain[:, 1:].reshape(-1, dim), steps, n_steps, min_std, eta, clip, std_scale,
+        ).sum(-1).view(batch, n_steps)
         return log_probs if per_step else log_probs.sum(-1)

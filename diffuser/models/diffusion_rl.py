@@ -84,6 +84,9 @@ class DiffusionRLConfig(Settings):
     expectile: float
     discount: float
     target_update_rate: float
+    # online fine-tuning
+    online_training: bool
+    ft_denoising_steps: int
 
 
 class DiffusionRL(nn.Module):
@@ -114,6 +117,22 @@ class DiffusionRL(nn.Module):
         if cfg.use_value_function:
             self.critic = IQLCritic(obs_dim, self.latent_dim, cfg.hidden_dim, cfg.expectile, cfg.discount,
                                     cfg.action_horizon, cfg.target_update_rate)
+        # Online fine-tuning trains the last ft_denoising_steps of the chain only; the earlier ones are
+        # taken by a frozen copy of the encoder and denoiser (DPPO's frozen `actor` beside `actor_ft`),
+        # set by `freeze_base` when interaction starts. Built last and on a forked RNG, so an online cell
+        # draws the same initial weights and offline noise as its offline twin.
+        self.n_frozen_steps = max(cfg.n_sampling_steps - cfg.ft_denoising_steps, 0) if cfg.online_training else 0
+        if self.n_frozen_steps > 0:
+            with torch.random.fork_rng(devices=[]):
+                self.base_encoder = TrajectoryEncoder(obs_dim, action_dim, cfg.history_horizon,
+                                                      cfg.trajectory_latent_dim, cfg.encoder_type,
+                                                      cfg.history_actions).requires_grad_(False)
+                self.base_denoiser = LatentDenoiser(self.latent_dim, cfg.trajectory_latent_dim + obs_dim,
+                                                    cfg.hidden_dim, cfg.denoiser_blocks).requires_grad_(False)
+            self.register_buffer("base_frozen", torch.zeros((), dtype=torch.bool))
+            self.register_buffer("base_chain_log_std", torch.zeros(()))  # the frozen steps' std scale
+            # chain steps at timesteps above this one are the frozen ones
+            self.first_tuned_timestep = int(self.diffusion.sampling_timesteps(cfg.n_sampling_steps)[self.n_frozen_steps])
 
     @staticmethod
     def build_vae(obs_dim: int, action_dim: int, config: DiffusionRLConfig | dict) -> ActionVAE:
@@ -172,11 +191,11 @@ class DiffusionRL(nn.Module):
     @torch.no_grad()
     def sample_latents(self, observations, history_observations, history_actions, history_mask) -> torch.Tensor:
         """[N, latent_dim]: one latent per state, the best of `n_action_samples` by min-Q when a critic exists."""
-        cond = self.condition(observations, history_observations, history_actions, history_mask)
+        cond = self.policy_condition(observations, history_observations, history_actions, history_mask)
         n = self.n_action_samples if self.critic is not None and not self.deterministic_sampling else 1
         repeated_cond = cond.repeat_interleave(n, dim=0)  # [N*n, C], the n candidates of a state adjacent
         candidates = self.diffusion.sample(
-            self.denoiser, repeated_cond, (repeated_cond.shape[0], self.latent_dim), self.n_sampling_steps,
+            self._chain_denoiser, repeated_cond, (repeated_cond.shape[0], self.latent_dim), self.n_sampling_steps,
             sampler=self.sampler, eta=self.ddim_eta, temperature=self.sampling_temperature, clip=self.clip,
         )
         if n == 1:
@@ -213,21 +232,74 @@ class DiffusionRL(nn.Module):
         return self.decode_latents(observations, latents)
 
     # ------------------------------------------------------- the denoising chain as a Gaussian policy
+    @property
+    def tuned_steps(self) -> range:
+        """Indices (0 = the first, noisiest) of the chain steps online fine-tuning trains."""
+        return range(self.n_frozen_steps, self.n_sampling_steps)
+
+    def _base_active(self) -> bool:
+        return self.n_frozen_steps > 0 and bool(self.base_frozen)
+
+    def freeze_base(self, source: DiffusionRL | None = None) -> None:
+        """Fix the first chain steps at `source`'s (default: this model's) current encoder and denoiser."""
+        if self.n_frozen_steps == 0:
+            return
+        source = self if source is None else source
+        self.base_encoder.load_state_dict(source.trajectory_encoder.state_dict())
+        self.base_denoiser.load_state_dict(source.denoiser.state_dict())
+        self.base_chain_log_std.copy_(source.chain_log_std.detach())
+        self.base_frozen.fill_(True)
+
+    def policy_condition(self, observations, history_observations, history_actions, history_mask) -> torch.Tensor:
+        """The condition the sampler and the chain policy take: `condition`, and once the first steps are
+        frozen, beside it the frozen encoder's [N, 2 C] (`_chain_denoiser` splits it)."""
+        cond = self.condition(observations, history_observations, history_actions, history_mask)
+        if not self._base_active():
+            return cond
+        base = torch.cat([self.base_encoder(history_observations, history_actions, history_mask), observations], -1)
+        return torch.cat([cond, base], dim=-1)
+
+    def _chain_denoiser(self, x: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The denoiser of the chain at each row's timestep: the frozen one above `first_tuned_timestep`."""
+        if not self._base_active():
+            return self.denoiser(x, timesteps, cond)
+        tuned_cond, base_cond = cond.chunk(2, dim=-1)
+        early = timesteps > self.first_tuned_timestep
+        if bool(early.all()):
+            return self.base_denoiser(x, timesteps, base_cond)
+        if not bool(early.any()):
+            return self.denoiser(x, timesteps, tuned_cond)
+        return torch.where(early[:, None], self.base_denoiser(x, timesteps, base_cond),
+                           self.denoiser(x, timesteps, tuned_cond))
+
     def sample_latent_chain(self, cond: torch.Tensor, generator: torch.Generator | None = None):
-        """(chain [N, S+1, latent_dim] from x_T to x_0, its log-probability [N]) for the condition [N, C]."""
-        return self.diffusion.sample_chain(self.denoiser, cond, (cond.shape[0], self.latent_dim),
+        """(chain [N, S+1, latent_dim] from x_T to x_0, its log-probability [N]) for the policy condition [N, C]."""
+        return self.diffusion.sample_chain(self._chain_denoiser, cond, (cond.shape[0], self.latent_dim),
                                            self.n_sampling_steps, self.min_policy_std, eta=CHAIN_ETA,
                                            clip=self.clip, generator=generator, std_scale=self.chain_std_scale())
 
     def chain_std_scale(self) -> torch.Tensor:
-        """exp(chain_log_std) within CHAIN_LOG_STD_RANGE: the factor on every chain-policy std."""
-        return self.chain_log_std.clamp(*CHAIN_LOG_STD_RANGE).exp()
+        """exp(chain_log_std) within CHAIN_LOG_STD_RANGE: the factor on every chain-policy std; once the first
+        steps are frozen, [S] with their own scale, fixed with them."""
+        scale = self.chain_log_std.clamp(*CHAIN_LOG_STD_RANGE).exp()
+        if not self._base_active():
+            return scale
+        frozen = torch.arange(self.n_sampling_steps, device=scale.device) < self.n_frozen_steps
+        return torch.where(frozen, self.base_chain_log_std.clamp(*CHAIN_LOG_STD_RANGE).exp(), scale)
 
     def latent_chain_log_prob(self, cond: torch.Tensor, chain: torch.Tensor, per_step: bool = False) -> torch.Tensor:
-        """[N] (or [N, S] per step) log-probability of `chain` under the current denoiser; differentiable,
-        and through `cond` also in the trajectory encoder when cond was built with gradients."""
-        return self.diffusion.chain_log_prob(self.denoiser, cond, chain, self.min_policy_std, eta=CHAIN_ETA,
+        """[N] (or [N, S] per step) log-probability of `chain` under the current chain policy (policy condition
+        `cond`); differentiable, and through `cond` also in the trajectory encoder when cond was built with gradients."""
+        return self.diffusion.chain_log_prob(self._chain_denoiser, cond, chain, self.min_policy_std, eta=CHAIN_ETA,
                                              clip=self.clip, per_step=per_step, std_scale=self.chain_std_scale())
+
+    def tuned_transition_log_probs(self, cond: torch.Tensor, states: torch.Tensor, next_states: torch.Tensor,
+                                   steps: torch.Tensor) -> torch.Tensor:
+        """[B, latent_dim] per-dimension log-probabilities of B transitions x_j -> x_{j-1} at chain steps `steps`
+        (each in `tuned_steps`) under the trained denoiser, with `condition`'s [B, C]; differentiable."""
+        return self.diffusion.transition_log_probs(self.denoiser, cond, states, next_states, steps,
+                                                   self.n_sampling_steps, self.min_policy_std, eta=CHAIN_ETA,
+                                                   clip=self.clip, std_scale=self.chain_std_scale())
 
     def chain_entropy(self) -> torch.Tensor:
         """Entropy (nats) of the chain policy's transitions given x_T, summed over the S steps;

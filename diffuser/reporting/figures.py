@@ -35,6 +35,10 @@ from diffuser.reporting.stats import CONFIDENCE, mean_confidence_interval
 
 EVAL_SCORE = "eval_normalized_score"
 ONLINE_VARIABLE = "online_training"
+ENV_STEPS = "env_steps"
+# What OnlineRLTrainer logs per PPO pass and per collection; with the evaluation score, these are also
+# drawn against environment steps (the online cells' budget) as well as training steps.
+ONLINE_TERMS = ("clip_fraction", "approx_kl", "explained_variance", "online_normalized_score", "online_success_rate")
 # Known training terms first, in the order a reader expects; other `*_loss` metrics follow.
 TRAINING_TERMS = (
     "loss", "diffusion_loss", "vae_loss", "vae_recon_loss", "vae_kl_loss",
@@ -55,6 +59,11 @@ METRIC_LABELS = {
     "distill_loss": "FQL distillation loss",
     "actor_q_loss": "FQL policy -Q",
     "entropy": "Policy entropy",
+    "clip_fraction": "PPO clip fraction",
+    "approx_kl": "PPO approximate KL",
+    "explained_variance": "Explained variance of the online value",
+    "online_normalized_score": "Normalized score (online episodes)",
+    "online_success_rate": "Success rate (online episodes)",
 }
 SCORE_NAMES = {NORMALIZED_RETURN: "Normalized score", SUCCESS_RATE: "Success rate, %"}
 MODE_LABELS = {False: "offline", True: "online + offline"}
@@ -77,6 +86,7 @@ def curve_metrics(names) -> list[str]:
     present = set(names)
     ordered = [name for name in TRAINING_TERMS if name in present]
     ordered += sorted(name for name in present if name.endswith("_loss") and name not in ordered)
+    ordered += [name for name in ONLINE_TERMS if name in present]
     if EVAL_SCORE in present:
         ordered.append(EVAL_SCORE)
     return ordered
@@ -136,6 +146,37 @@ def learning_curves(
     return curves
 
 
+def _env_step_series(metrics: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(environment steps, values) of `metric` in one online cell: each value at the environment steps of
+    its training step (logged every row), averaged over rows that share an environment-step count."""
+    series, env = _seed_series(metrics, metric), _seed_series(metrics, ENV_STEPS)
+    if series is None or env is None:
+        return None
+    steps, values = series
+    by_env = pd.Series(values).groupby(np.interp(steps, *env)).mean().sort_index()
+    return by_env.index.to_numpy(dtype=float), by_env.to_numpy(dtype=float)
+
+
+def env_step_curves(
+    exp_dir: str | os.PathLike, variables: list[str], replicate: str = "seed", cells_df: pd.DataFrame | None = None
+) -> dict[str, pd.DataFrame]:
+    """Like `learning_curves`, with environment steps in the `step` column, for the cells that log
+    `env_steps` (online ones): the evaluation score and ONLINE_TERMS."""
+    cells = label_variants(collect_cells(exp_dir, variables) if cells_df is None else cells_df, variables, replicate)
+    metrics = {cell: load_metrics(exp_dir, cell) for cell in cells["cell"]}
+    curves = {}
+    for metric in (EVAL_SCORE, *ONLINE_TERMS):
+        parts = []
+        for label, group in cells.groupby("variant", sort=False):
+            series = [s for s in (_env_step_series(metrics[cell], metric) for cell in group["cell"]) if s is not None]
+            curve = mean_curve(series)
+            if not curve.empty:
+                parts.append(curve.assign(variant=label))
+        if parts:
+            curves[metric] = pd.concat(parts, ignore_index=True)[["variant", "step", "mean", "ci_low", "ci_high", "n_seeds"]]
+    return curves
+
+
 # --- drawing ------------------------------------------------------------------------------------
 
 def _new_figure(figsize=FIGSIZE) -> Figure:
@@ -178,15 +219,19 @@ def _note(fig: Figure, text: str) -> None:
     fig.text(0.01, 0.005, text, fontsize=7, color="0.35", ha="left", va="bottom")
 
 
-def plot_learning_curve(curves: pd.DataFrame, metric: str, colors: dict, score: str = NORMALIZED_RETURN) -> Figure:
+def plot_learning_curve(curves: pd.DataFrame, metric: str, colors: dict, score: str = NORMALIZED_RETURN,
+                        x_label: str = "Training step", references: dict[str, float] | None = None) -> Figure:
     """One metric's learning curves: a line (mean over seeds) and 95% band per variant; `score`
-    names what the evaluation score measures."""
+    names what the evaluation score measures; `references` (variant -> value) are drawn as dashed
+    horizontal lines (variants without a curve on this axis, e.g. offline cells against environment steps)."""
     fig = _new_figure()
     ax = fig.add_subplot()
     for label, curve in curves.groupby("variant", sort=False):
         _draw_curve(ax, curve, label, colors[label])
+    for label, value in (references or {}).items():
+        ax.axhline(value, color=colors[label], linestyle="--", linewidth=1.2, label=f"{label} (final, no env steps)")
     _use_log_scale_if_spread(ax, curves["mean"].to_numpy(dtype=float))
-    ax.set_xlabel("Training step")
+    ax.set_xlabel(x_label)
     ax.set_ylabel(metric_label(metric, score))
     ax.set_title(f"{metric_label(metric, score)} during training")
     ax.grid(alpha=0.3)
@@ -345,7 +390,9 @@ def make_figures(
 ) -> list[Path]:
     """Writes every figure of the experiment to `out_dir` and returns their paths.
 
-    Files: curve_<metric>.png per training term and the evaluation score; final_scores.{png,svg};
+    Files: curve_<metric>.png per training term, online term and the evaluation score;
+    curve_<metric>_vs_env_steps.png for the evaluation score (offline cells' final scores as dashed lines)
+    and the online terms of the cells that interact; final_scores.{png,svg};
     iqm_scores.png (final and best periodic evaluation); performance_profile.png;
     probability_of_improvement.png when variants differ in one variable;
     final_score_by_<variable>.{png,svg} per swept variable other than the replicate; and
@@ -363,6 +410,12 @@ def make_figures(
     for metric, table in curves.items():
         fig = plot_learning_curve(table, metric, colors, score_kind(cells))
         written += _save(fig, out_dir, f"curve_{metric}", svg=False)
+    offline = cells[~cells[ONLINE_VARIABLE].astype(bool)] if ONLINE_VARIABLE in cells else cells.iloc[:0]
+    offline_finals = offline.groupby("variant", sort=False)["normalized_score"].mean().to_dict()
+    for metric, table in env_step_curves(exp_dir, variables, replicate, cells_df=cells.drop(columns="variant")).items():
+        fig = plot_learning_curve(table, metric, colors, score_kind(cells), x_label="Environment steps",
+                                  references=offline_finals if metric == EVAL_SCORE else None)
+        written += _save(fig, out_dir, f"curve_{metric}_vs_env_steps", svg=False)
 
     written += _save(plot_final_scores(cells, colors), out_dir, "final_scores", svg=True)
     plain_cells, score_name = cells.drop(columns="variant"), SCORE_NAMES[score_kind(cells)]

@@ -1,4 +1,8 @@
-"""The online buffer: every environment step collected so far, in the processed-dataset format."""
+"""The online buffer: every environment step collected so far, in the processed-dataset format.
+
+Steps are appended as they happen; with several environments stepped together the episodes' steps
+interleave, so `arrays` groups them by episode id (a stable sort keeps each episode's time order).
+"""
 
 from __future__ import annotations
 
@@ -23,18 +27,25 @@ class OnlineBuffer:
                                                episode_id), strict=True):
             self.rows[name].append(value)
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The buffer in the processed-dataset format (docs/INTERFACES.md): steps grouped by episode."""
-        episode_ids = np.asarray(self.rows["episode_ids"], dtype=np.int64)
-        out = {
+    def _appended(self) -> dict[str, np.ndarray]:
+        """Every field as an array, in the order the steps were appended."""
+        return {
             "observations": np.asarray(self.rows["observations"], dtype=np.float32).reshape(-1, self.obs_dim),
             "actions": np.asarray(self.rows["actions"], dtype=np.float32).reshape(-1, self.action_dim),
             "rewards": np.asarray(self.rows["rewards"], dtype=np.float32),
             "terminals": np.asarray(self.rows["terminals"], dtype=bool),
             "timeouts": np.asarray(self.rows["timeouts"], dtype=bool),
             "next_observations": np.asarray(self.rows["next_observations"], dtype=np.float32).reshape(-1, self.obs_dim),
+            "episode_ids": np.asarray(self.rows["episode_ids"], dtype=np.int64),
         }
-        # steps are appended in time order and an episode's steps are contiguous
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The buffer in the processed-dataset format (docs/INTERFACES.md): steps grouped by episode, each
+        episode's in time order."""
+        appended = self._appended()
+        order = np.argsort(appended.pop("episode_ids"), kind="stable")
+        out = {name: value[order] for name, value in appended.items()}
+        episode_ids = np.asarray(self.rows["episode_ids"], dtype=np.int64)[order]
         boundaries = np.flatnonzero(np.diff(episode_ids)) + 1
         starts = np.concatenate([[0], boundaries]).astype(np.int64) if len(episode_ids) else np.zeros(0, np.int64)
         out["episode_starts"] = starts
@@ -42,9 +53,7 @@ class OnlineBuffer:
         return out
 
     def state_dict(self) -> dict:
-        return {name: torch.as_tensor(value) for name, value in self.arrays().items()} | {
-            "episode_ids": torch.as_tensor(np.asarray(self.rows["episode_ids"], dtype=np.int64))
-        }
+        return {name: torch.as_tensor(value) for name, value in self._appended().items()}
 
     def load_state_dict(self, state: dict) -> None:
         n = len(state["episode_ids"])
