@@ -98,6 +98,20 @@ def test_collections_fill_the_buffer_on_the_schedule_and_round_trip(name, tmp_pa
     assert np.abs(a["actions"]).max() <= 1.0 + 1e-6
 
 
+@pytest.mark.parametrize("num_envs", [1, 3])
+def test_a_collection_takes_exactly_its_steps_over_the_environments(num_envs, tmp_path, tiny_maze_data):
+    config = cell_config(tmp_path, diffusion="models.IQL", rl_num_envs=num_envs)
+    trainer = make_trainer(config, tiny_maze_data, tmp_path / "run")
+    assert len(trainer.collector.envs) == num_envs
+    trainer.collect(10)
+    trainer.collect(7)
+    assert trainer.env_steps == len(trainer.buffer) == 17
+    # every environment acted, each episode's steps are its own (the buffer groups them by episode)
+    assert trainer.episodes_started >= num_envs
+    arrays = trainer.buffer.arrays()
+    assert arrays["episode_lengths"].sum() == 17
+
+
 def test_batches_take_the_online_share_from_the_buffer(tmp_path, tiny_maze_data):
     config = cell_config(tmp_path, diffusion="models.IQL", online_sample_fraction=0.25, batch_size=16)
     trainer = make_trainer(config, tiny_maze_data, tmp_path / "run")

@@ -8,7 +8,8 @@ same schedule keys as DiffusionRL's online mode so the comparison is like for li
 
 - after `rl_warmup_steps` offline steps, every `rl_collect_freq` training steps the current model (not
   the EMA) acts with its exploring policy (`explore`: IQL samples its Gaussian, FQL its one-step policy
-  on fresh noise) for `rl_collect_steps` environment steps in one persistent environment, executing
+  on fresh noise) for `rl_collect_steps` environment steps summed over `rl_num_envs` persistent
+  environments (rollout.py's collection, the same as DiffusionRL's; the papers use one), executing
   each sampled action chunk as it does when evaluated; the steps go into the online buffer.
   `rl_collect_freq` / `rl_collect_steps` is the number of gradient steps per environment step (1 in
   both papers);
@@ -17,9 +18,9 @@ same schedule keys as DiffusionRL's online mode so the comparison is like for li
   a half over a run of as many online as offline steps; a fixed share is the same knob DiffusionRL's
   online mode has.
 
-The PPO keys (`rl_update_freq`, `rl_learning_rate`, `ppo_clip`, `gae_lambda`, `policy_gradient_weight`,
-`value_function_weight`, `entropy_weight`) are not read. Resume: the buffer, the collection RNG and
-the counters are in every checkpoint; apart from the episode in progress (cut when a run stops, as in
+The policy-gradient keys (what utils.OnlineRLTrainer reads beyond the schedule: `rl_update_freq`, the
+learning rates, PPO, GAE, value, entropy and denoising keys) are not read. Resume: the buffer, the collection RNG and
+the counters are in every checkpoint; apart from the episodes in progress (cut when a run stops, as in
 rollout.py), resume is exact.
 """
 
@@ -30,75 +31,11 @@ import torch
 
 from diffuser.envs.make import make_env
 from diffuser.envs.scores import episode_scores
-from diffuser.evaluation.policy import HistoryWindow
-from diffuser.runtime.seeding import COLLECTION_STREAM, generator, online_reset_seed
+from diffuser.runtime.seeding import COLLECTION_STREAM, generator
 from diffuser.training.online.buffer import OnlineBuffer
 from diffuser.training.online.mixing import mixed_batch, online_sequence_dataset
-from diffuser.training.online.rollout import collection_steps
+from diffuser.training.online.rollout import ExplorationCollector, collection_steps
 from diffuser.training.trainer import Trainer
-
-
-class ExplorationCollector:
-    """Steps one environment with a model's `explore` policy, chunk by chunk, keeping the episode in
-    progress (and the rest of its chunk) between calls."""
-
-    def __init__(self, env, normalizers: dict, history_horizon: int, seed: int, device):
-        self.env = env
-        self.obs_normalizer = normalizers["observations"]
-        self.action_normalizer = normalizers["actions"]
-        self.history_horizon = history_horizon
-        self.seed = seed
-        self.device = device
-        self.env_steps = 0
-        self.episodes_started = 0
-        self.episode: dict | None = None  # the episode in progress (not checkpointed)
-
-    def _start_episode(self) -> None:
-        observation, _ = self.env.reset(seed=online_reset_seed(self.seed, self.episodes_started))
-        self.episode = {
-            "id": self.episodes_started,
-            "observation": np.asarray(observation, dtype=np.float64),
-            "return": 0.0,
-            "success": False,
-            "history": HistoryWindow(1, self.history_horizon, self.obs_normalizer.dim, self.action_normalizer.dim,
-                                     self.device),
-            "chunk": [],  # the normalized actions of the current chunk still to execute
-        }
-        self.episodes_started += 1
-
-    def _normalized(self, observation: np.ndarray) -> torch.Tensor:
-        raw = torch.as_tensor(observation, dtype=torch.float32, device=self.device)[None]
-        return self.obs_normalizer.normalize(raw)
-
-    @torch.no_grad()
-    def collect(self, model, n_steps: int, rng: torch.Generator, buffer: OnlineBuffer):
-        """`n_steps` environment steps appended to `buffer`; (returns, successes) of the episodes that ended."""
-        returns, successes = [], []
-        for _ in range(n_steps):
-            if self.episode is None:
-                self._start_episode()
-            ep = self.episode
-            obs = self._normalized(ep["observation"])
-            if not ep["chunk"]:
-                ep["chunk"] = list(model.explore(obs, *ep["history"].tensors(), generator=rng)[0].clamp(-1.0, 1.0))
-            action = ep["chunk"].pop(0)
-            raw_action = self.action_normalizer.unnormalize(action).cpu().numpy().astype(np.float64)
-            next_observation, reward, terminated, truncated, info = self.env.step(raw_action)
-            buffer.add(ep["observation"], raw_action, float(reward), bool(terminated), bool(truncated),
-                       np.asarray(next_observation, dtype=np.float64), ep["id"])
-            ep["return"] += float(reward)
-            ep["success"] |= bool(info.get("success", False))
-            ep["history"].push(obs, action[None])
-            ep["observation"] = np.asarray(next_observation, dtype=np.float64)
-            self.env_steps += 1
-            if terminated or truncated:
-                returns.append(ep["return"])
-                successes.append(ep["success"])
-                self.episode = None
-        return returns, successes
-
-    def close(self) -> None:
-        self.env.close()
 
 
 class OnlineReplayTrainer(Trainer):
@@ -107,11 +44,11 @@ class OnlineReplayTrainer(Trainer):
     def __init__(self, config: dict, dataset, model, run_dir, evaluator=None, device="cpu"):
         super().__init__(config, dataset, model, run_dir, evaluator=evaluator, device=device)
         # Built now so a dataset whose environment cannot be built stops before any training.
-        env = make_env(dataset.metadata)
+        envs = [make_env(dataset.metadata) for _ in range(config["rl_num_envs"])]
         self.rl_generator = generator(config["seed"], COLLECTION_STREAM)
         self.buffer = OnlineBuffer(dataset.obs_dim, dataset.action_dim)
-        self.collector = ExplorationCollector(env, dataset.normalizers, config["history_horizon"], config["seed"],
-                                              self.device)
+        self.collector = ExplorationCollector(envs, dataset.normalizers, config["history_horizon"], config["discount"],
+                                              config["reward_scale"], config["seed"], self.device)
         self.online_dataset = None
 
     @property
@@ -135,7 +72,7 @@ class OnlineReplayTrainer(Trainer):
         self.rl_generator.set_state(state["rl_rng"])
         self.collector.env_steps = int(state["env_steps"])
         self.collector.episodes_started = int(state["episodes_started"])
-        self.collector.episode = None  # the episode in progress restarts
+        self.collector.restart_episodes()  # the episodes in progress restart
         self.online_dataset = online_sequence_dataset(self.buffer, self.dataset, self.config, self.device)
 
     def _sample_batch(self) -> dict:
@@ -156,11 +93,13 @@ class OnlineReplayTrainer(Trainer):
     def collect(self, n_steps: int) -> dict:
         """`n_steps` environment steps with the current model's exploring policy, into the buffer."""
         self.model.eval()
-        returns, successes = self.collector.collect(self.model, n_steps, self.rl_generator, self.buffer)
+        _, returns = self.collector.collect(self.model, n_steps, self.rl_generator, self.buffer)
+        successes = self.collector.successes_done
         self.online_dataset = online_sequence_dataset(self.buffer, self.dataset, self.config, self.device)
         if not returns:
             return {}
         return {"online_episode_return": float(np.mean(returns)),
+                "online_success_rate": float(np.mean(successes)),
                 "online_normalized_score": float(np.mean(episode_scores(returns, successes, self.dataset.metadata)))}
 
     def close(self) -> None:

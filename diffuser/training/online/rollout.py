@@ -30,8 +30,9 @@ from diffuser.evaluation.policy import HistoryWindow
 from diffuser.runtime.seeding import online_reset_seed
 from diffuser.training.online.buffer import OnlineBuffer
 
-# Per decision: its inputs, the sampled chain, what the chunk earned, and which environment took it.
-DECISION_FIELDS = ("observations", "history_observations", "history_actions", "history_mask", "chains",
+# Per decision: its inputs, what the chunk earned, and which environment took it (plus what the policy
+# records of how it decided: the chain policy's sampled chain, `chains`).
+DECISION_FIELDS = ("observations", "history_observations", "history_actions", "history_mask",
                    "rewards", "discounts", "terminals", "episode_ends", "next_observations", "env_ids")
 
 
@@ -60,7 +61,9 @@ def gae_advantages(rewards, values, next_values, discounts, terminals, episode_e
 
 
 class Collector:
-    """Steps a list of environments with a model's chain policy, keeping their episodes in progress between calls."""
+    """Steps a list of environments with a model's chain policy, keeping their episodes in progress between calls.
+
+    `decide` is the policy: subclasses act otherwise (ExplorationCollector: the baselines' `explore`)."""
 
     def __init__(self, envs: list, normalizers: dict, history_horizon: int, discount: float, reward_scale: float,
                  seed: int, device):
@@ -103,16 +106,22 @@ class Collector:
         raw = torch.as_tensor(observations, dtype=torch.float32, device=self.device)
         return self.obs_normalizer.normalize(raw)
 
+    def decide(self, model, obs: torch.Tensor, hist: tuple, generator: torch.Generator):
+        """(normalized action chunks [N, K, A] in [-1, 1], per-environment records kept with each decision):
+        one denoising chain per environment, decoded; the chain is recorded for the policy gradient."""
+        chain, _ = model.sample_latent_chain(model.policy_condition(obs, *hist), generator)  # [N, S+1, D]
+        return model.decode_latents(obs, chain[:, -1]).clamp(-1.0, 1.0), {"chains": chain}
+
     @torch.no_grad()
     def collect(self, model, n_steps: int, generator: torch.Generator, buffer: OnlineBuffer):
         """`n_steps` environment steps (summed over the environments) with `model`'s chain policy, appended to
         `buffer`.
 
-        Returns (decisions: DECISION_FIELDS -> tensor stacked over decisions, each environment's in time
+        Returns (decisions: DECISION_FIELDS and `decide`'s records -> tensor stacked over decisions, each environment's in time
         order, returns of the episodes that ended); `successes_done` then holds whether each of those
         episodes succeeded (the env's `success`).
         """
-        rounds: dict[str, list[torch.Tensor]] = {key: [] for key in DECISION_FIELDS}
+        rounds: dict[str, list[torch.Tensor]] = {}
         returns_done: list[float] = []
         self.successes_done = []
         done_steps = 0
@@ -121,8 +130,7 @@ class Collector:
             self._start_episodes()
             obs = self._normalize_obs(self.observations)  # [N, obs_dim]
             hist = self.history.tensors()
-            chain, _ = model.sample_latent_chain(model.policy_condition(obs, *hist), generator)  # [N, S+1, D]
-            chunks = model.decode_latents(obs, chain[:, -1]).clamp(-1.0, 1.0)  # [N, K, A] normalized
+            chunks, records = self.decide(model, obs, hist, generator)  # [N, K, A] normalized
             raw_chunks = self.action_normalizer.unnormalize(chunks).cpu().numpy().astype(np.float64)
             rewards, factors = np.zeros(n), np.ones(n)
             spans = np.zeros(n, dtype=np.int64)
@@ -154,13 +162,13 @@ class Collector:
                     break
             took = torch.as_tensor(spans > 0, device=self.device)
             for key, value in (("observations", obs), ("history_observations", hist[0]), ("history_actions", hist[1]),
-                               ("history_mask", hist[2]), ("chains", chain),
+                               ("history_mask", hist[2]), *records.items(),
                                ("rewards", torch.as_tensor(rewards, dtype=torch.float32)),
                                ("discounts", torch.as_tensor(factors, dtype=torch.float32)),
                                ("terminals", torch.as_tensor(terminals)), ("episode_ends", torch.as_tensor(ends)),
                                ("next_observations", self._normalize_obs(self.observations)),
                                ("env_ids", torch.arange(n))):
-                rounds[key].append(value.to(self.device)[took])
+                rounds.setdefault(key, []).append(value.to(self.device)[took])
             for i in np.flatnonzero(ends):
                 returns_done.append(float(self.returns[i]))
                 self.successes_done.append(bool(self.successes[i]))
@@ -171,6 +179,14 @@ class Collector:
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+
+class ExplorationCollector(Collector):
+    """The same collection with a baseline's exploring policy (`model.explore`: IQL samples its Gaussian,
+    FQL its one-step policy on fresh noise); it records nothing for a policy gradient."""
+
+    def decide(self, model, obs: torch.Tensor, hist: tuple, generator: torch.Generator):
+        return model.explore(obs, *hist, generator=generator).clamp(-1.0, 1.0), {}
 
 
 @torch.no_grad()
