@@ -53,6 +53,7 @@ MODULE_TESTS = {
     "diffuser/training/metrics.py": ["tests/test_sync_free_step.py", "tests/test_trainer_rules.py"],
     "diffuser/training/online/mixing.py": ["tests/test_online_baselines.py", "tests/test_online_training.py"],
     "diffuser/training/online/replay.py": ["tests/test_online_baselines.py"],
+    "diffuser/training/online/base.py": ["tests/test_online_baselines.py", "tests/test_online_training.py"],
     "diffuser/models/iql.py": ["tests/test_baselines.py", "tests/test_online_baselines.py"],
     "diffuser/models/fql.py": ["tests/test_baselines.py", "tests/test_online_baselines.py"],
     "diffuser/models/diffusion_policy.py": ["tests/test_baselines.py"],

@@ -48,15 +48,21 @@ def test_training_steps_read_nothing_back_to_the_host(tmp_path, tiny_maze_data, 
     assert reads.names and means["loss"] > 0
 
 
-def test_online_rl_updates_read_nothing_back_to_the_host(tmp_path, tiny_maze_data):
-    trainer = make_trainer(tiny_maze_data, tmp_path, online_training=True)
+@pytest.mark.parametrize("target_kl", [1.0, None])
+def test_online_steps_read_nothing_and_a_ppo_pass_only_its_kl_checks(tmp_path, tiny_maze_data, target_kl):
+    trainer = make_trainer(tiny_maze_data, tmp_path, online_training=True, rl_target_kl=target_kl)
     trainer.collect(5)  # collection steps the environment: it reads actions back by nature
     trainer.rl_update()
-    with HostReads() as reads:
+    with HostReads() as reads:  # the offline-loss steps between collections, on mixed batches
         for _ in range(N_STEPS):
             trainer.metric_sums.add(trainer.train_step())
-            trainer.metric_sums.add(trainer.rl_update())
     assert reads.names == []
+    # A PPO pass runs once per collection; the KL early stop (DPPO's target_kl) reads one scalar per
+    # minibatch to decide whether to go on, and nothing else is read.
+    trainer.collect(5)
+    with HostReads() as reads:
+        terms = trainer.rl_update()
+    assert len(reads.names) == (int(terms["rl_minibatches"]) if target_kl is not None else 0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
