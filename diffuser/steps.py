@@ -37,18 +37,11 @@ def prepare(config: dict, data_dir: str | os.PathLike = "data") -> Path:
 
 
 def load_dataset(config: dict, data_dir: str | os.PathLike = "data", device="cpu"):
+    from diffuser.datasets.sequence import sequence_settings
     from diffuser.registry import resolve
 
     loader = resolve(config["loader"])
-    return loader(
-        processed_dir(config, data_dir),
-        history_horizon=config["history_horizon"],
-        action_horizon=config["action_horizon"],
-        discount=config["discount"],
-        reward_scale=config["reward_scale"],
-        normalizer=config["normalizer"],
-        device=device,
-    )
+    return loader(processed_dir(config, data_dir), **sequence_settings(config), device=device)
 
 
 def build_model(config: dict, obs_dim: int, action_dim: int) -> torch.nn.Module:

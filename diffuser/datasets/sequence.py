@@ -51,6 +51,15 @@ def _read_source(source) -> tuple[dict, dict]:
     )
 
 
+# The cell config keys a sequence dataset is built from (its keyword arguments besides `device`).
+SEQUENCE_KEYS = ("history_horizon", "action_horizon", "discount", "reward_scale", "normalizer")
+
+
+def sequence_settings(config) -> dict:
+    """The keyword arguments of a sequence dataset, read from a cell config."""
+    return {key: config[key] for key in SEQUENCE_KEYS}
+
+
 class VAESequenceDataset:
     def __init__(
         self,

@@ -130,14 +130,21 @@ def learning_curves(
     exp_dir: str | os.PathLike, variables: list[str], replicate: str = "seed", cells_df: pd.DataFrame | None = None
 ) -> dict[str, pd.DataFrame]:
     """{metric: table with columns variant, step, mean, ci_low, ci_high, n_seeds} for each curve metric."""
+    return _variant_curves(exp_dir, variables, replicate, cells_df, curve_metrics, _seed_series)
+
+
+def _variant_curves(exp_dir, variables: list[str], replicate: str, cells_df: pd.DataFrame | None, metrics_of,
+                    series_of) -> dict[str, pd.DataFrame]:
+    """{metric: mean curve over seeds per variant} for the metrics `metrics_of(names logged)` picks, each
+    cell's series read by `series_of(its metrics table, metric)` (None where it has none)."""
     cells = label_variants(collect_cells(exp_dir, variables) if cells_df is None else cells_df, variables, replicate)
     metrics = {cell: load_metrics(exp_dir, cell) for cell in cells["cell"]}
     names = set().union(*(set(table["metric"]) for table in metrics.values()))
     curves = {}
-    for metric in curve_metrics(names):
+    for metric in metrics_of(names):
         parts = []
         for label, group in cells.groupby("variant", sort=False):
-            series = [s for s in (_seed_series(metrics[cell], metric) for cell in group["cell"]) if s is not None]
+            series = [s for s in (series_of(metrics[cell], metric) for cell in group["cell"]) if s is not None]
             curve = mean_curve(series)
             if not curve.empty:
                 parts.append(curve.assign(variant=label))
@@ -162,19 +169,8 @@ def env_step_curves(
 ) -> dict[str, pd.DataFrame]:
     """Like `learning_curves`, with environment steps in the `step` column, for the cells that log
     `env_steps` (online ones): the evaluation score and ONLINE_TERMS."""
-    cells = label_variants(collect_cells(exp_dir, variables) if cells_df is None else cells_df, variables, replicate)
-    metrics = {cell: load_metrics(exp_dir, cell) for cell in cells["cell"]}
-    curves = {}
-    for metric in (EVAL_SCORE, *ONLINE_TERMS):
-        parts = []
-        for label, group in cells.groupby("variant", sort=False):
-            series = [s for s in (_env_step_series(metrics[cell], metric) for cell in group["cell"]) if s is not None]
-            curve = mean_curve(series)
-            if not curve.empty:
-                parts.append(curve.assign(variant=label))
-        if parts:
-            curves[metric] = pd.concat(parts, ignore_index=True)[["variant", "step", "mean", "ci_low", "ci_high", "n_seeds"]]
-    return curves
+    return _variant_curves(exp_dir, variables, replicate, cells_df, lambda names: (EVAL_SCORE, *ONLINE_TERMS),
+                           _env_step_series)
 
 
 # --- drawing ------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from diffuser.datasets.sequence import VAESequenceDataset
+from diffuser.datasets.sequence import VAESequenceDataset, sequence_settings
 from diffuser.training.online.buffer import OnlineBuffer
 
 
@@ -16,15 +16,7 @@ def online_sequence_dataset(buffer: OnlineBuffer, offline: VAESequenceDataset, c
     arrays = buffer.arrays() if len(buffer) else None
     if arrays is None or arrays["episode_lengths"].max() < config["action_horizon"]:
         return None
-    return VAESequenceDataset(
-        (arrays, offline.metadata),
-        history_horizon=config["history_horizon"],
-        action_horizon=config["action_horizon"],
-        discount=config["discount"],
-        reward_scale=config["reward_scale"],
-        normalizer=config["normalizer"],
-        device=device,
-    )
+    return VAESequenceDataset((arrays, offline.metadata), **sequence_settings(config), device=device)
 
 
 def mixed_batch(offline: VAESequenceDataset, online: VAESequenceDataset | None, online_fraction: float,
