@@ -61,7 +61,6 @@ from diffuser.registry import (
     REPLAY_ONLINE_MODELS,
     REPLAY_TRAINER,
 )
-from diffuser.training.loggers import LOGGER_PACKAGES, wandb_api_key, wandb_login_problem
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 CELL_SCHEMA_PATH = SCHEMA_DIR / "cell.schema.yaml"
@@ -427,6 +426,9 @@ def _cell_problems(config: dict) -> list[str]:
             "collection feeds one PPO pass, run at a multiple of rl_update_freq, so some collections would never be "
             "learned from; make rl_update_freq a divisor of rl_collect_freq."
         )
+    # imported here: the loggers module loads torch, which reading or writing a config does not need
+    from diffuser.training.loggers import LOGGER_PACKAGES, wandb_api_key, wandb_login_problem
+
     for logger in config["loggers"]:
         package = LOGGER_PACKAGES.get(logger)
         if package and importlib.util.find_spec(package) is None:

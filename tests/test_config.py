@@ -302,3 +302,19 @@ def test_the_guides_example_spec_has_its_keys_and_values_on_a_dataset_made_here(
     source = resolve_source(config["dataset"], "data", config["dataset_steps"], config["dataset_action_noise"],
                             config["dataset_seed"])
     assert source.kind == "generated"
+
+
+def test_writing_a_config_does_not_load_torch(tmp_path):
+    """The workflow's config jobs (`python -m diffuser.config OUT JSON`, one process each) stay cheap: no torch import
+    (it took ~2.4 s of each such job here before the loggers' check was imported lazily)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "cell.yaml"
+    probe = ("import runpy, sys; sys.argv = ['diffuser.config', sys.argv[1], '{\"seed\": 3}']\n"
+             "try:\n    runpy.run_module('diffuser.config', run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe, str(out)], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+    assert yaml.safe_load(out.read_text()) == {"seed": 3}
