@@ -8,7 +8,7 @@ at most `meta_data.num_workers` jobs run at once. Interrupted or killed, the sam
   python run_experiment.py -e config/config.yaml -g 0,1                      # GPUs 0 and 1, one per job
   python run_experiment.py -e config/config.yaml -g -1                       # CPU only
   python run_experiment.py -e config/config.yaml -n                          # show the jobs, run nothing
-  python run_experiment.py -e SPEC -- --config n_train_steps=300             # override spec keys
+  python run_experiment.py -e SPEC -- --config n_train_steps=3000            # override spec keys
   python run_experiment.py -e SPEC -g 0 -- --forceall                        # more snakemake options
 """
 

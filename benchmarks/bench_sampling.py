@@ -31,7 +31,7 @@ from diffuser import steps
 from diffuser.evaluation.evaluator import MADEvaluator
 from diffuser.training.checkpoints import load_checkpoint
 
-# The demo's model size (config/config.yaml); the rest of the config is the schema's defaults.
+# An older demo's model size (the demo now uses the schema's defaults); the rest of the config is the schema's defaults.
 DEMO_SIZE = {"vae_latent_dim": 16, "trajectory_latent_dim": 64, "hidden_dim": 256}
 
 
