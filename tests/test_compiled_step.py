@@ -61,7 +61,7 @@ def test_unavailable_compile_warns_once_and_trains_eager(tmp_path, tiny_maze_dat
 
 def test_a_compile_failure_on_the_first_call_falls_back_with_the_same_random_draws(tmp_path, tiny_maze_data,
                                                                                    monkeypatch, capsys):
-    def failing_compile(fn):
+    def failing_compile(fn, **options):  # torch.compile's signature: the loss is compiled with inductor options
         def call(*args, **kwargs):
             torch.randn(1000)  # a failed attempt may draw numbers before it fails
             raise RuntimeError("C++ compiler not found\nmore detail")
