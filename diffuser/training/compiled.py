@@ -25,7 +25,6 @@ from collections.abc import Callable
 
 import torch
 
-
 # inductor settings of the compiled loss (see the module docstring)
 INDUCTOR_OPTIONS = {"fallback_random": True}
 
