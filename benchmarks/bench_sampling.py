@@ -32,7 +32,7 @@ from diffuser.evaluation.evaluator import MADEvaluator
 from diffuser.training.checkpoints import load_checkpoint
 
 # An older demo's model size (the demo now uses the schema's defaults); the rest of the config is the schema's defaults.
-DEMO_SIZE = {"vae_latent_dim": 16, "trajectory_latent_dim": 64, "hidden_dim": 256}
+OLD_DEMO_SIZE = {"vae_latent_dim": 16, "trajectory_latent_dim": 64, "hidden_dim": 256}
 
 
 def parse_args(argv):
@@ -62,7 +62,7 @@ def train_policy(args, stack) -> Path:
     data_dir = ensure_dataset(args, stack)
     run_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-sampling-")))
     config = cell_config(
-        args, diffusion="models.DiffusionRL", **DEMO_SIZE, vae_pretrain_steps=args.vae_steps,
+        args, diffusion="models.DiffusionRL", **OLD_DEMO_SIZE, vae_pretrain_steps=args.vae_steps,
         n_train_steps=args.train_steps, eval_freq=args.train_steps + 1, save_freq=args.train_steps,
         continue_training=False,
     )
