@@ -133,3 +133,51 @@ def test_an_evaluator_reused_for_a_second_evaluation_starts_the_same_episodes():
 ])
 def test_reference_scores_are_the_published_and_measured_values(name, ref_min, ref_max):
     assert reference_scores(name)[:2] == (ref_min, ref_max)
+
+
+BLINK_ID = "DiffuserTestBlink-v0"
+# reset seed -> the steps (1-based) at which the blinking task counts as solved, over 6 steps
+BLINK_SUCCESS_STEPS = {0: (2, 3, 5), 1: (), 2: (6,), 3: (1, 2, 3, 4, 5, 6)}
+
+
+class BlinkEnv(gym.Env):
+    """Six steps; `success` holds at the steps BLINK_SUCCESS_STEPS lists for the reset seed."""
+
+    observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float64)
+    action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float64)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.solved_at = BLINK_SUCCESS_STEPS.get(seed, ())
+        self.t = 0
+        return np.zeros(2), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(2), 0.0, False, self.t >= 6, {"success": self.t in self.solved_at}
+
+
+if BLINK_ID not in gym.registry:
+    gym.register(BLINK_ID, entry_point=BlinkEnv)
+
+
+def test_first_success_step_and_hold_share_count_the_steps_after_the_first_success():
+    metadata = {"env_id": BLINK_ID, "max_episode_steps": 6, "obs_dim": 2, "action_dim": 1,
+                "ref_min_score": 0.0, "ref_max_score": 1.0}
+    evaluator = MADEvaluator(metadata, num_eval=4, seed=0)
+    policy = ScriptedPolicy()
+    try:
+        result = evaluator.evaluate(policy)
+    finally:
+        evaluator.close()
+    assert result["successes"] == [True, False, True, True]
+    assert result["first_success_steps"] == [2, None, 6, 1]
+    # seed 0: solved at 3 of the 5 steps 2..6; seed 2: 1 of 1 (step 6); seed 3: 6 of 6; seed 1 never solved
+    assert result["mean_first_success_step"] == pytest.approx((2 + 6 + 1) / 3)
+    assert result["mean_success_hold_share"] == pytest.approx((3 / 5 + 1 + 1) / 3)
+
+
+def test_hold_share_is_absent_when_no_episode_succeeds():
+    result, _ = evaluate(1, seed=SEEDS[-1])  # seed 14: cut by the time limit, never a success
+    assert result["first_success_steps"] == [None]
+    assert result["mean_first_success_step"] is None and result["mean_success_hold_share"] is None

@@ -106,6 +106,18 @@ def test_missing_eval_json_names_the_cell(tmp_path):
         collect_cells(tmp_path, VARIABLES)
 
 
+def test_cells_table_carries_the_success_step_and_hold_share_where_eval_json_has_them(tmp_path):
+    make_experiment(tmp_path)
+    eval_path = tmp_path / "cells" / "online_training~True" / "seed~200" / "eval.json"
+    result = json.loads(eval_path.read_text())
+    eval_path.write_text(json.dumps({**result, "mean_first_success_step": 120.5, "mean_success_hold_share": 0.4}))
+    cells = collect_cells(tmp_path, VARIABLES).set_index("cell")
+    row = cells.loc["online_training~True/seed~200"]
+    assert (row["first_success_step"], row["success_hold_share"]) == (120.5, 0.4)
+    others = cells.drop(index="online_training~True/seed~200")
+    assert others["success_hold_share"].isna().all()  # an older eval.json, without them
+
+
 def test_unlisted_swept_variable_is_reported(tmp_path):
     make_experiment(tmp_path)
     cells = collect_cells(tmp_path, VARIABLES)

@@ -21,6 +21,12 @@ class MADEvaluator:
     because OGBench's maze environments draw their start noise from it.
     The score is the dataset's (`diffuser.envs.scores.episode_scores`): the normalized return,
     or for OGBench tasks the success rate in percent.
+
+    Beside it, where the environment reports `success` per step: the step of each episode's first
+    success (1-based) and its hold share, the share of the steps from that one to the episode's end at
+    which the task counted as solved. A maze policy that stops at the goal holds 1; one that passes
+    through it and comes back holds less and scores less for the same success (the generated mazes'
+    data never show a goal held: a new goal is drawn when one is reached).
     """
 
     def __init__(self, metadata: dict, num_eval: int, seed: int):
@@ -42,10 +48,12 @@ class MADEvaluator:
         numpy_state = np.random.get_state()
         np.random.seed(self.seed)
         try:
-            returns, lengths, successes = self._run_episodes(envs, runner, n)
+            returns, lengths, successes, first_success, held = self._run_episodes(envs, runner, n)
         finally:
             np.random.set_state(numpy_state)
         scores = episode_scores(returns, successes, self.metadata)
+        solved = first_success > 0
+        hold_shares = held[solved] / (lengths[solved] - first_success[solved] + 1)
         return {
             "num_episodes": n,
             "seed": self.seed,
@@ -58,17 +66,23 @@ class MADEvaluator:
             "std_normalized_score": float(np.std(scores)),
             "success_rate": float(successes.mean()),
             "success_rate_percent": 100.0 * float(successes.mean()),
+            "first_success_steps": [int(step) if step > 0 else None for step in first_success],
+            "mean_first_success_step": float(first_success[solved].mean()) if solved.any() else None,
+            "mean_success_hold_share": float(hold_shares.mean()) if solved.any() else None,
             "score": self.metadata.get("score", NORMALIZED_RETURN_SCORE),
             "seconds": time.perf_counter() - start,
         }
 
-    def _run_episodes(self, envs, runner: PolicyRunner, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(returns, lengths, successes) of one episode per environment."""
+    def _run_episodes(self, envs, runner: PolicyRunner, n: int) -> tuple[np.ndarray, ...]:
+        """(returns, lengths, successes, step of the first success (0: none), success steps) of one
+        episode per environment."""
         obs, _ = envs.reset(seed=evaluation_reset_seeds(self.seed, n))
         runner.reset(n, self.metadata["obs_dim"], self.metadata["action_dim"])
         returns = np.zeros(n)
         lengths = np.zeros(n, dtype=np.int64)
         successes = np.zeros(n, dtype=bool)
+        first_success = np.zeros(n, dtype=np.int64)
+        held = np.zeros(n, dtype=np.int64)
         alive = np.ones(n, dtype=bool)
         # Sampling noise comes from a forked RNG so evaluating never shifts the training RNG stream
         # (which would break exact resume) and every evaluation sees the same noise.
@@ -79,9 +93,12 @@ class MADEvaluator:
                 returns += np.where(alive, rewards, 0.0)
                 lengths += alive
                 if "success" in infos:
-                    successes |= alive & np.asarray(infos["success"], dtype=bool)
+                    solved_now = alive & np.asarray(infos["success"], dtype=bool)
+                    first_success = np.where(solved_now & ~successes, lengths, first_success)
+                    successes |= solved_now
+                    held += solved_now
                 alive &= ~(np.asarray(terminated) | np.asarray(truncated))
-        return returns, lengths, successes
+        return returns, lengths, successes, first_success, held
 
     def close(self) -> None:
         if self._envs is not None:

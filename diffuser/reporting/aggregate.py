@@ -41,6 +41,8 @@ EVAL_COLUMNS = {
     "step": "eval_step",
     "num_episodes": "num_episodes",
     "score": "score",  # what normalized_score measures: normalized_return, or success_rate (in percent)
+    "mean_first_success_step": "first_success_step",  # over the episodes that succeeded (evaluator.py)
+    "mean_success_hold_share": "success_hold_share",
 }
 REQUIRED_EVAL_KEYS = ("mean_normalized_score", "mean_return")
 PERIODIC_COLUMNS = ("best_eval_score", "best_eval_step", "last_eval_score", "last_eval_step")
@@ -164,7 +166,8 @@ def collect_cells(exp_dir: str | os.PathLike, variables: list[str] | None = None
     spec are ignored); None reads every cell found under `exp_dir/cells`. The variables are the
     given names plus those the cell paths name; each value is taken from the cell's config.yaml
     (typed), else from its path. Result columns: normalized_score, return, success_rate, eval_step,
-    num_episodes, score (the final evaluation), then best_eval_score, best_eval_step,
+    num_episodes, score, first_success_step, success_hold_share (the final evaluation; NaN where its
+    eval.json lacks one), then best_eval_score, best_eval_step,
     last_eval_score, last_eval_step (the periodic evaluations in metrics.csv; NaN without them).
     """
     cells = find_cells(exp_dir) if cells is None else sorted(cells)

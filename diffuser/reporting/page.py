@@ -134,13 +134,15 @@ def _device(info: dict) -> str:
 
 def cells_table(exp_dir: Path, cells: pd.DataFrame) -> tuple[str, list[dict]]:
     infos = [_run_info(exp_dir, cell) for cell in cells["cell"]]
-    header = ["cell", "final score", "final success rate", "best periodic eval (step)", "last periodic eval (step)",
+    header = ["cell", "final score", "final success rate", "first success step", "share solved after it",
+              "best periodic eval (step)", "last periodic eval (step)",
               "training steps", "device", "wall clock (s)", "status"]
     rows = []
     for (_, row), info in zip(cells.iterrows(), infos, strict=True):
         best = f"{_fmt(row['best_eval_score'])} ({_fmt(row['best_eval_step'], 0)})"
         last = f"{_fmt(row['last_eval_score'])} ({_fmt(row['last_eval_step'], 0)})"
-        rows.append([html.escape(row["cell"]), _fmt(row["normalized_score"]), _fmt(row["success_rate"], 2), best, last,
+        rows.append([html.escape(row["cell"]), _fmt(row["normalized_score"]), _fmt(row["success_rate"], 2),
+                     _fmt(row["first_success_step"], 0), _fmt(row["success_hold_share"], 2), best, last,
                      _fmt(info.get("steps", info.get("step"))), html.escape(_device(info)), _fmt(wall_clock_seconds(info)),
                      _fmt(info.get("status"))])
     return _table(header, rows), infos
