@@ -155,12 +155,16 @@ def _variant_curves(exp_dir, variables: list[str], replicate: str, cells_df: pd.
 
 def _env_step_series(metrics: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(environment steps, values) of `metric` in one online cell: each value at the environment steps of
-    its training step (logged every row), averaged over rows that share an environment-step count."""
+    its training step (logged every row). Rows that share an environment-step count (every row before the
+    first collection, and the rows between two collections) are averaged, except the evaluation score,
+    which takes the last: at 0 environment steps that is the policy that starts interacting, not the mean
+    of the warm-up's evaluations."""
     series, env = _seed_series(metrics, metric), _seed_series(metrics, ENV_STEPS)
     if series is None or env is None:
         return None
     steps, values = series
-    by_env = pd.Series(values).groupby(np.interp(steps, *env)).mean().sort_index()
+    groups = pd.Series(values).groupby(np.interp(steps, *env))
+    by_env = (groups.last() if metric == EVAL_SCORE else groups.mean()).sort_index()
     return by_env.index.to_numpy(dtype=float), by_env.to_numpy(dtype=float)
 
 
