@@ -158,7 +158,7 @@ def test_online_curves_against_environment_steps(tmp_path):
     online_scores = np.array(list(SCORES[True].values()))
     assert at.loc[online_env_steps(70), "mean"] == pytest.approx(np.mean(online_scores * 70 / 100))
     # the rows before any interaction (steps 0..40) share 0 environment steps: the score there is the last
-    # one (step 40, the policy that starts interacting), not the mean of the warm-up's evaluations
+    # one (step 40, the warm-up's last evaluation), not the mean of the warm-up's evaluations
     assert at.loc[0, "mean"] == pytest.approx(np.mean(online_scores) * 40 / 100)
 
 

@@ -157,8 +157,8 @@ def _env_step_series(metrics: pd.DataFrame, metric: str) -> tuple[np.ndarray, np
     """(environment steps, values) of `metric` in one online cell: each value at the environment steps of
     its training step (logged every row). Rows that share an environment-step count (every row before the
     first collection, and the rows between two collections) are averaged, except the evaluation score,
-    which takes the last: at 0 environment steps that is the policy that starts interacting, not the mean
-    of the warm-up's evaluations."""
+    which takes the last: at 0 environment steps that is the warm-up's last evaluation, not the mean of
+    all of them. (An evaluation at the first collection's own step comes after that collection.)"""
     series, env = _seed_series(metrics, metric), _seed_series(metrics, ENV_STEPS)
     if series is None or env is None:
         return None
