@@ -7,6 +7,7 @@ uses) or a reader of final.pt would take it.
 
 import io
 import os
+import signal
 
 import pytest
 import torch
@@ -76,3 +77,30 @@ def test_a_completed_save_replaces_the_file(tmp_path):
     save_checkpoint(path, {"step": 2})
     assert load_checkpoint(path)["step"] == 2
     assert [p.name for p in tmp_path.iterdir()] == ["final.pt"]
+
+
+def test_a_stop_signal_during_a_save_waits_for_the_file_and_then_interrupts(tmp_path, monkeypatch):
+    """A scheduler's SIGTERM arriving while torch writes the archive must not leave torch's own
+    half-written-archive error (the run would end `failed`, exit 1) or lose the checkpoint: the save
+    completes, then the interrupt is raised."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def save_while_signalled(obj, f, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # bytecode boundaries where an unheld signal's handler would run
+            pass
+        REAL_SAVE(obj, f, *args, **kwargs)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        monkeypatch.setattr(checkpoint.torch, "save", save_while_signalled)
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            save_checkpoint(step_checkpoint_path(tmp_path, 20), {"step": 20, "w": torch.arange(1000.0)})
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    monkeypatch.undo()
+    state = load_checkpoint(latest_checkpoint(tmp_path))
+    assert state["step"] == 20 and torch.equal(state["w"], torch.arange(1000.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["state_00000020.pt"]

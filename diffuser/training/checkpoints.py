@@ -6,9 +6,12 @@ A checkpoint is a plain nested dict of tensors, numbers, strings, lists and dict
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -16,23 +19,51 @@ import torch
 from diffuser.errors import CheckpointError
 
 _STEP_FILE = re.compile(r"^state_(\d+)\.pt$")
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
-    """Write `state` to `path` atomically: a temporary file in the same folder, then rename."""
+    """Write `state` to `path` atomically: a temporary file in the same folder, then rename.
+
+    Ctrl-C, SIGTERM and SIGHUP are held while the file is written and take effect right after it is
+    in place: an interrupt raised inside `torch.save` would end the run with torch's own error about
+    a half-written archive (not as `interrupted`) and lose the checkpoint it was writing.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _stop_signals_held():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
+
+
+@contextlib.contextmanager
+def _stop_signals_held():
+    """Record Ctrl-C, SIGTERM and SIGHUP inside the block; deliver them to the handlers that were
+    installed once it ends. (Blocking them with a signal mask is not enough: torch's threads would
+    take a signal sent to the process.) Outside the main thread, where handlers cannot be set,
+    nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous = {signum: signal.signal(signum, lambda signum, frame: arrived.append(signum))
+                for signum in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        for signum in dict.fromkeys(arrived):
+            signal.raise_signal(signum)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
