@@ -16,6 +16,7 @@ from test_training import TINY
 from diffuser import steps
 from diffuser.config import load_cell_config
 from diffuser.envs.make import EnvironmentUnavailable
+from diffuser.registry import trainer_for
 from diffuser.training.checkpoints import latest_checkpoint, load_checkpoint
 from diffuser.training.online.rollout import collection_steps, gae_advantages
 from diffuser.training.online.trainer import OnlineRLTrainer
@@ -229,6 +230,28 @@ def test_online_state_round_trips_through_a_checkpoint(tmp_path, tiny_maze_data)
     # the next collection continues with the same RNG stream; the episodes in progress restart
     assert torch.equal(trainer.rl_generator.get_state(), restored.rl_generator.get_state())
     assert (restored.collector.episode_ids < 0).all()
+
+
+def test_offline_phase_repeats_the_offline_twin_exactly(tmp_path, tiny_maze_data):
+    # the online trainer's extra networks must not draw from the training stream: before rl_warmup_steps an
+    # online cell trains exactly as the offline cell of the same seed, so the two pair up step for step
+    online = online_config(tmp_path)
+    offline = {**online, "online_training": False}
+
+    def three_steps(trainer):
+        terms = [{k: v.item() for k, v in trainer.train_step().items()} for _ in range(3)]
+        return terms, dict(trainer.model.named_parameters())
+
+    torch.manual_seed(offline["seed"])
+    dataset = steps.load_dataset(offline, tiny_maze_data)
+    model = steps.build_model(offline, dataset.obs_dim, dataset.action_dim)
+    offline_trainer = trainer_for(offline)(offline, dataset, model, tmp_path / "offline")
+    assert not isinstance(offline_trainer, OnlineRLTrainer)
+    offline_terms, offline_weights = three_steps(offline_trainer)
+    online_terms, online_weights = three_steps(make_trainer(online, tiny_maze_data, tmp_path / "online"))
+    assert online_terms == offline_terms
+    for name, value in offline_weights.items():
+        assert torch.equal(value, online_weights[name]), name
 
 
 def test_online_batches_mix_online_and_offline_samples(tmp_path, tiny_maze_data):

@@ -5,6 +5,9 @@ The streams of one training run with seed s:
 - the batch sampler: `generator(s, BATCH_STREAM)`;
 - online collection (the chain policy's noise): `generator(s, COLLECTION_STREAM)`, its own stream
   so collecting never shifts which batches are drawn;
+- the online PPO value network's initial weights: the global RNG seeded with s + VALUE_NET_STREAM inside
+  `isolated_rng`, so building it leaves the training stream where it was and an online cell's offline
+  phase repeats its offline twin's exactly;
 - the online episodes' resets: `online_reset_seed(s, i)` for the i-th episode;
 - evaluation: episode i resets with `evaluation_reset_seeds(s, n)[i]`, and the policy's sampling
   noise comes from `isolated_rng(s)`, a fork of the global RNG that leaves the training stream
@@ -23,6 +26,7 @@ import torch
 
 BATCH_STREAM = 0
 COLLECTION_STREAM = 1
+VALUE_NET_STREAM = 2
 # Online episode i of a run with seed s resets with s * ONLINE_EPISODE_STRIDE + i: a prime stride
 # keeps the episodes of runs with nearby seeds apart.
 ONLINE_EPISODE_STRIDE = 1_000_003

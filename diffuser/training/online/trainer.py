@@ -41,6 +41,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from diffuser.runtime.seeding import VALUE_NET_STREAM, isolated_rng
 from diffuser.training.online.base import OnlineTrainer
 from diffuser.training.online.rollout import explained_variance, finish_rollout
 from diffuser.training.online.update import (
@@ -59,7 +60,8 @@ class OnlineRLTrainer(OnlineTrainer):
 
     def __init__(self, config: dict, dataset, model: nn.Module, run_dir, evaluator=None, device="cpu"):
         super().__init__(config, dataset, model, run_dir, evaluator=evaluator, device=device)
-        self.value_net = make_value_net(dataset.obs_dim, config["hidden_dim"]).to(self.device)
+        with isolated_rng(config["seed"] + VALUE_NET_STREAM):  # the training stream stays the offline twin's
+            self.value_net = make_value_net(dataset.obs_dim, config["hidden_dim"]).to(self.device)
         self.rl_optimizer = make_optimizer(rl_parameter_groups(model, self.value_net, config["rl_value_learning_rate"]),
                                            config, config["rl_learning_rate"])
         self.rl_config = RLUpdateConfig.view(config)
