@@ -37,11 +37,12 @@ def online_config(tmp_path, **overrides) -> dict:
     return load_cell_config(path)
 
 
-def make_trainer(config, data_dir, run_dir) -> OnlineRLTrainer:
+def make_trainer(config, data_dir, run_dir):
+    """The cell's trainer as the train step builds it (OnlineRLTrainer for the online configs here)."""
     torch.manual_seed(config["seed"])
     dataset = steps.load_dataset(config, data_dir)
     model = steps.build_model(config, dataset.obs_dim, dataset.action_dim)
-    return OnlineRLTrainer(config, dataset, model, run_dir)
+    return trainer_for(config)(config, dataset, model, run_dir)
 
 
 def tuned_log_likelihoods(trainer, rollout) -> torch.Tensor:
@@ -242,13 +243,13 @@ def test_offline_phase_repeats_the_offline_twin_exactly(tmp_path, tiny_maze_data
         terms = [{k: v.item() for k, v in trainer.train_step().items()} for _ in range(3)]
         return terms, dict(trainer.model.named_parameters())
 
-    torch.manual_seed(offline["seed"])
-    dataset = steps.load_dataset(offline, tiny_maze_data)
-    model = steps.build_model(offline, dataset.obs_dim, dataset.action_dim)
-    offline_trainer = trainer_for(offline)(offline, dataset, model, tmp_path / "offline")
+    # one after the other: the twins share the global RNG, which make_trainer seeds
+    offline_trainer = make_trainer(offline, tiny_maze_data, tmp_path / "offline")
     assert not isinstance(offline_trainer, OnlineRLTrainer)
     offline_terms, offline_weights = three_steps(offline_trainer)
-    online_terms, online_weights = three_steps(make_trainer(online, tiny_maze_data, tmp_path / "online"))
+    online_trainer = make_trainer(online, tiny_maze_data, tmp_path / "online")
+    assert isinstance(online_trainer, OnlineRLTrainer)
+    online_terms, online_weights = three_steps(online_trainer)
     assert online_terms == offline_terms
     for name, value in offline_weights.items():
         assert torch.equal(value, online_weights[name]), name
