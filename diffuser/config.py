@@ -55,11 +55,13 @@ import yaml
 
 from diffuser.errors import ConfigError
 from diffuser.registry import (
+    EXPLORING_MODELS,
     MODELS_WITH_VAE,
     OFFLINE_TRAINER,
     ONLINE_TRAINER,
     REPLAY_ONLINE_MODELS,
     REPLAY_TRAINER,
+    trainer_for,
 )
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
@@ -408,9 +410,9 @@ def _cell_problems(config: dict) -> list[str]:
     if trainer == ONLINE_TRAINER and model in REPLAY_ONLINE_MODELS:
         problems.append(f"trainer {ONLINE_TRAINER} fine-tunes a denoising chain, which {model} does not have; "
                         f"set trainer: null ({model} trains online with {REPLAY_TRAINER}).")
-    if trainer == REPLAY_TRAINER and model not in REPLAY_ONLINE_MODELS:
-        problems.append(f"trainer {REPLAY_TRAINER} is the online mode of {', '.join(sorted(REPLAY_ONLINE_MODELS))}, "
-                        f"not of {model}; set trainer: null.")
+    if trainer == REPLAY_TRAINER and model not in EXPLORING_MODELS:
+        problems.append(f"trainer {REPLAY_TRAINER} collects with an exploring policy, which only "
+                        f"{', '.join(sorted(EXPLORING_MODELS))} have, not {model}; set trainer: null.")
     if online and model == "models.BC":
         problems.append("models.BC has no online mode; set online_training: false, or diffusion: models.DiffusionRL "
                         "(or models.IQL, models.FQL) for online + offline.")
@@ -420,7 +422,7 @@ def _cell_problems(config: dict) -> list[str]:
             f"({config['n_train_steps']}), so the run would never interact with the environment; "
             "lower rl_warmup_steps or set online_training: false."
         )
-    if online and model not in REPLAY_ONLINE_MODELS and config["rl_update_freq"] > config["rl_collect_freq"]:
+    if online and trainer_for(config) == ONLINE_TRAINER and config["rl_update_freq"] > config["rl_collect_freq"]:
         problems.append(
             f"rl_update_freq ({config['rl_update_freq']}) > rl_collect_freq ({config['rl_collect_freq']}): each "
             "collection feeds one PPO pass, run at a multiple of rl_update_freq, so some collections would never be "

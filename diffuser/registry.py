@@ -33,6 +33,8 @@ ONLINE_TRAINER = "utils.OnlineRLTrainer"
 # The baselines fine-tune online as their papers do, with their own losses on offline + online data.
 REPLAY_TRAINER = "utils.OnlineReplayTrainer"
 REPLAY_ONLINE_MODELS = frozenset({"models.IQL", "models.FQL"})
+# models with an `explore` policy, which the replay trainer collects with (DiffusionRL: its evaluated sampler)
+EXPLORING_MODELS = REPLAY_ONLINE_MODELS | {"models.DiffusionRL"}
 # models that own an ActionVAE, which the pretrain step trains on its own (DiffusionPolicy diffuses actions)
 MODELS_WITH_VAE = frozenset({"models.DiffusionRL"})
 

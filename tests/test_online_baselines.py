@@ -49,7 +49,8 @@ def test_online_iql_and_fql_train_with_the_replay_trainer(name, tmp_path):
 
 @pytest.mark.parametrize(("constants", "message"), [
     ({"diffusion": "models.IQL", "trainer": "utils.OnlineRLTrainer"}, "fine-tunes a denoising chain"),
-    ({"diffusion": "models.DiffusionRL", "trainer": "utils.OnlineReplayTrainer"}, "online mode of models.FQL, models.IQL"),
+    ({"diffusion": "models.DiffusionPolicy", "trainer": "utils.OnlineReplayTrainer"},
+     "only models.DiffusionRL, models.FQL, models.IQL have"),
     ({"diffusion": "models.FQL", "trainer": "utils.OnlineReplayTrainer", "online_training": False},
      "needs online_training: true"),
     ({"diffusion": "models.BC"}, "models.BC has no online mode"),

@@ -25,6 +25,8 @@ import math
 import torch
 from torch import nn
 
+from diffuser.runtime.seeding import gaussian_noise
+
 SAMPLERS = ("ddim", "ddpm")
 # What the network predicts: the noise (Ho et al., 2020), the clean sample, or v = sqrt(a) eps - sqrt(1 - a) x_0
 # (Salimans & Ho, 2022). Every sampler works through the (x_0, noise) pair the prediction implies.
@@ -160,14 +162,14 @@ class GaussianDiffusion(nn.Module):
         device = cond.device
         timesteps = self.sampling_timesteps(n_sampling_steps)
         alpha_bars, alpha_bars_prev = self._alpha_bars(timesteps)
-        x = temperature * torch.randn(shape, generator=generator, device=device)
+        x = temperature * gaussian_noise(shape, generator, device)
         for i, t in enumerate(timesteps):
             alpha_bar, alpha_bar_prev = alpha_bars[i], alpha_bars_prev[i]
             x0, eps = self.predict_x0(denoiser, x, t.expand(shape[0]), alpha_bar, cond, clip)
             sigma = self.ddim_sigma(alpha_bar, alpha_bar_prev, eta)
             x = self.ddim_mean(x0, eps, alpha_bar_prev, sigma)
             if sigma > 0 and temperature > 0:
-                x = x + temperature * sigma * torch.randn(shape, generator=generator, device=device)
+                x = x + temperature * sigma * gaussian_noise(shape, generator, device)
         return x
 
     # -------------------------------------------------------------------- the chain as a policy
@@ -205,7 +207,7 @@ class GaussianDiffusion(nn.Module):
         alpha_bars, alpha_bars_prev = self._alpha_bars(timesteps)
         with torch.no_grad():
             stds = self.step_stds(n_sampling_steps, min_std, eta, std_scale)
-        x = torch.randn(shape, generator=generator, device=device)
+        x = gaussian_noise(shape, generator, device)
         chain = [x]
         log_prob = torch.zeros(shape[0], device=device)
         with torch.no_grad():
@@ -213,7 +215,7 @@ class GaussianDiffusion(nn.Module):
                 alpha_bar, alpha_bar_prev = alpha_bars[i], alpha_bars_prev[i]
                 x0, eps = self.predict_x0(denoiser, x, t.expand(shape[0]), alpha_bar, cond, clip)
                 mean = self.ddim_mean(x0, eps, alpha_bar_prev, self.ddim_sigma(alpha_bar, alpha_bar_prev, eta))
-                noise = torch.randn(shape, generator=generator, device=device)
+                noise = gaussian_noise(shape, generator, device)
                 x = mean + stds[i] * noise
                 log_prob += -0.5 * (noise**2).sum(-1) - shape[1] * (HALF_LOG_2PI + stds[i].log())
                 chain.append(x)

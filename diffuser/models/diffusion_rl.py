@@ -189,14 +189,17 @@ class DiffusionRL(nn.Module):
 
     # ------------------------------------------------------------------------------------- acting
     @torch.no_grad()
-    def sample_latents(self, observations, history_observations, history_actions, history_mask) -> torch.Tensor:
-        """[N, latent_dim]: one latent per state, the best of `n_action_samples` by min-Q when a critic exists."""
+    def sample_latents(self, observations, history_observations, history_actions, history_mask,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """[N, latent_dim]: one latent per state, the best of `n_action_samples` by min-Q when a critic exists;
+        the sampler's noise from `generator` (default: the global RNG)."""
         cond = self.policy_condition(observations, history_observations, history_actions, history_mask)
         n = self.n_action_samples if self.critic is not None and not self.deterministic_sampling else 1
         repeated_cond = cond.repeat_interleave(n, dim=0)  # [N*n, C], the n candidates of a state adjacent
         candidates = self.diffusion.sample(
             self._chain_denoiser, repeated_cond, (repeated_cond.shape[0], self.latent_dim), self.n_sampling_steps,
             sampler=self.sampler, eta=self.ddim_eta, temperature=self.sampling_temperature, clip=self.clip,
+            generator=generator,
         )
         if n == 1:
             return candidates
@@ -229,6 +232,15 @@ class DiffusionRL(nn.Module):
     def act(self, observations, history_observations, history_actions, history_mask) -> torch.Tensor:
         """Normalized inputs -> normalized action chunks [N, K, A] in [-1, 1]."""
         latents = self.sample_latents(observations, history_observations, history_actions, history_mask)
+        return self.decode_latents(observations, latents)
+
+    @torch.no_grad()
+    def explore(self, observations, history_observations, history_actions, history_mask,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """[N, K, A]: how the replay online mode (utils.OnlineReplayTrainer) acts: the evaluated policy itself
+        (`act`: best of `n_action_samples` sampled latents by Q), its sampling noise from the collection
+        stream `generator`; the sampler's own noise is the exploration."""
+        latents = self.sample_latents(observations, history_observations, history_actions, history_mask, generator)
         return self.decode_latents(observations, latents)
 
     # ------------------------------------------------------- the denoising chain as a Gaussian policy

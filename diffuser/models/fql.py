@@ -34,6 +34,7 @@ from torch import nn
 
 from diffuser.models.ensembles import EnsembleMLP
 from diffuser.models.settings import Settings
+from diffuser.runtime.seeding import gaussian_noise
 
 # The paper's networks: 4 hidden layers (of `fql_hidden_dim` units) for the policies and the critic.
 HIDDEN_LAYERS = 4
@@ -177,10 +178,8 @@ class FQL(nn.Module):
     def act(self, observations, history_observations, history_actions, history_mask,
             generator: torch.Generator | None = None) -> torch.Tensor:
         """Same signature as DiffusionRL.act; the history is not used. The one-step policy on fresh noise."""
-        # drawn where the generator lives (the run's streams are CPU generators), then moved
-        device = generator.device if generator is not None else observations.device
-        noise = torch.randn(observations.shape[0], self.action_horizon * self.action_dim, generator=generator,
-                            device=device).to(observations.device)
+        noise = gaussian_noise((observations.shape[0], self.action_horizon * self.action_dim), generator,
+                               observations.device)
         actions = self.one_step_actions(observations, noise).clamp(-ACTION_BOUND, ACTION_BOUND)
         return actions.view(-1, self.action_horizon, self.action_dim)
 

@@ -30,6 +30,7 @@ from torch import nn
 from diffuser.models.critics import IQLCritic
 from diffuser.models.denoisers import mlp
 from diffuser.models.settings import Settings
+from diffuser.runtime.seeding import gaussian_noise
 
 # The paper's networks have two hidden layers; IQLCritic's V and Q are built with two as well.
 HIDDEN_LAYERS = 2
@@ -108,9 +109,7 @@ class IQL(nn.Module):
         fine-tunes online (the paper's online phase samples from the policy; it evaluates with the mean)."""
         mean = self(observations).flatten(1)
         std = self.policy_log_std.clamp(*LOG_STD_RANGE).exp()
-        # drawn where the generator lives (the run's streams are CPU generators), then moved
-        noise = torch.randn(mean.shape, generator=generator,
-                            device=generator.device if generator is not None else mean.device).to(mean.device)
+        noise = gaussian_noise(tuple(mean.shape), generator, mean.device)
         return (mean + std * noise).clamp(-1.0, 1.0).view(-1, self.action_horizon, self.action_dim)
 
     def after_optimizer_step(self) -> None:

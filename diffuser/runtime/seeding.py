@@ -41,6 +41,14 @@ def generator(seed: int, stream: int = BATCH_STREAM) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(seed + stream)
 
 
+def gaussian_noise(shape: tuple[int, ...], generator: torch.Generator | None, device) -> torch.Tensor:
+    """Standard normal noise of `shape` on `device`, drawn where `generator` lives (a run's streams are CPU
+    generators; torch refuses a CPU generator for a CUDA draw) and moved; the global RNG without one."""
+    if generator is None:
+        return torch.randn(shape, device=device)
+    return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
 def numpy_generator(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
