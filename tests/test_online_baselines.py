@@ -16,6 +16,9 @@ from diffuser.training.online.replay import OnlineReplayTrainer
 from diffuser.training.online.trainer import OnlineRLTrainer
 
 REPLAY_MODELS = ["models.IQL", "models.FQL"]
+# DiffusionRL trains online by policy gradient unless its trainer is set to the replay one
+EXPLORING_MODELS = [*REPLAY_MODELS, "models.DiffusionRL"]
+REPLAY = "utils.OnlineReplayTrainer"
 # collections after steps 30 and 50 of 60, 7 environment steps each
 ONLINE = {**TRAIN, "online_training": True, "rl_warmup_steps": 30, "rl_collect_freq": 20, "rl_collect_steps": 7}
 
@@ -60,10 +63,21 @@ def test_a_trainer_that_does_not_fit_the_model_is_a_clear_error(constants, messa
         spec_cells(tmp_path, {"online_training": True, **constants})
 
 
-@pytest.mark.parametrize("name", REPLAY_MODELS)
+def untrained_but_not_degenerate(config: dict):
+    """A model on 4-d observations and 2-d actions with its weights jittered: an untrained DiffusionRL's
+    denoiser ends in a zero layer, so every sample would be the same latent."""
+    torch.manual_seed(0)
+    model = steps.build_model(config, 4, 2)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return model
+
+
+@pytest.mark.parametrize("name", EXPLORING_MODELS)
 def test_exploration_is_seeded_stochastic_and_inside_the_action_box(name):
     config = {**cell_defaults(), **TRAIN, "diffusion": name}
-    model = steps.build_model(config, 4, 2)
+    model = untrained_but_not_degenerate(config)
     obs = torch.randn(64, 4)
     hist = (torch.zeros(64, 1, 4), torch.zeros(64, 1, 2), torch.zeros(64, 1, dtype=torch.bool))
 
@@ -76,10 +90,28 @@ def test_exploration_is_seeded_stochastic_and_inside_the_action_box(name):
     assert a.abs().max() <= 1.0
 
 
-@pytest.mark.parametrize("name", REPLAY_MODELS)
+def test_diffusion_rl_explores_with_its_evaluated_sampler_choosing_by_q():
+    """DiffusionRL's exploring policy is the one it is evaluated with: the best of n_action_samples latents by
+    Q, so its chunks score higher under the critic than one sample each."""
+    config = {**cell_defaults(), **TRAIN, "diffusion": "models.DiffusionRL"}
+    obs = torch.randn(256, 4)
+    hist = (torch.zeros(256, 1, 4), torch.zeros(256, 1, 2), torch.zeros(256, 1, dtype=torch.bool))
+    model = untrained_but_not_degenerate(config)
+
+    def mean_q(n_samples):
+        model.n_action_samples = n_samples
+        actions = model.explore(obs, *hist, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            return model.critic.q_min(obs, model.vae.encode(obs, actions)[0]).mean().item()
+
+    assert mean_q(8) > mean_q(1)
+
+
+@pytest.mark.parametrize("name", EXPLORING_MODELS)
 def test_collections_fill_the_buffer_on_the_schedule_and_round_trip(name, tmp_path, tiny_maze_data):
-    config = cell_config(tmp_path, diffusion=name)
+    config = cell_config(tmp_path, diffusion=name, trainer=REPLAY)
     trainer = make_trainer(config, tiny_maze_data, tmp_path / "run")
+    assert isinstance(trainer, OnlineReplayTrainer)
     trainer.train()
     assert trainer.env_steps == len(trainer.buffer) == 14
     rows = [line.split(",") for line in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]]
