@@ -115,3 +115,12 @@ def test_nan_in_the_weights_with_finite_losses_is_caught_before_the_save(tmp_pat
     with pytest.raises(TrainingDiverged, match="weights became NaN or infinite by step 40"):
         trainer.train()
     assert load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))["step"] == 20
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("trainer", [None, "utils.OnlineReplayTrainer"])
+def test_online_collection_runs_on_the_gpu_with_the_cpu_collection_stream(tmp_path, tiny_maze_data, trainer):
+    # the run's RNG streams are CPU generators; the samplers draw their noise there and move it
+    online = make_trainer(tiny_maze_data, tmp_path, device="cuda", online_training=True, trainer=trainer)
+    online.collect(6)
+    assert online.env_steps == len(online.buffer) == 6
