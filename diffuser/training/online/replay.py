@@ -1,5 +1,7 @@
 """Offline-to-online for the baselines (models.IQL, models.FQL): their own losses, on batches that mix
-offline data with the steps the policy collects, as their papers fine-tune online.
+offline data with the steps the policy collects, as their papers fine-tune online. DiffusionRL runs it
+too when its `trainer` names it: it then collects with its evaluated sampler (`DiffusionRL.explore`) and
+has no policy-gradient update.
 
 IQL (Kostrikov, Nair, Levine, ICLR 2022, section 5.3) and FQL (Park, Li, Levine, 2025, offline-to-online
 experiments) keep every offline loss and hyper-parameter online and add the new transitions to the
@@ -8,7 +10,7 @@ same schedule keys as DiffusionRL's online mode so the comparison is like for li
 
 - after `rl_warmup_steps` offline steps, every `rl_collect_freq` training steps the current model (not
   the EMA) acts with its exploring policy (`explore`: IQL samples its Gaussian, FQL its one-step policy
-  on fresh noise) for `rl_collect_steps` environment steps summed over `rl_num_envs` persistent
+  on fresh noise, DiffusionRL its best-of-n sampler) for `rl_collect_steps` environment steps summed over `rl_num_envs` persistent
   environments (rollout.py's collection, the same as DiffusionRL's; the papers use one), executing
   each sampled action chunk as it does when evaluated; the steps go into the online buffer.
   `rl_collect_freq` / `rl_collect_steps` is the number of gradient steps per environment step (1 in

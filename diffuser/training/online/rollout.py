@@ -182,8 +182,9 @@ class Collector:
 
 
 class ExplorationCollector(Collector):
-    """The same collection with a baseline's exploring policy (`model.explore`: IQL samples its Gaussian,
-    FQL its one-step policy on fresh noise); it records nothing for a policy gradient."""
+    """The same collection with a model's exploring policy (`model.explore`: IQL samples its Gaussian,
+    FQL its one-step policy on fresh noise, DiffusionRL its evaluated best-of-n sampler); it records
+    nothing for a policy gradient."""
 
     def decide(self, model, obs: torch.Tensor, hist: tuple, generator: torch.Generator):
         return model.explore(obs, *hist, generator=generator).clamp(-1.0, 1.0), {}
