@@ -229,19 +229,16 @@ class DiffusionRL(nn.Module):
         return self.vae.decode(observations, latents.clamp(-bound, bound))
 
     @torch.no_grad()
-    def act(self, observations, history_observations, history_actions, history_mask) -> torch.Tensor:
-        """Normalized inputs -> normalized action chunks [N, K, A] in [-1, 1]."""
-        latents = self.sample_latents(observations, history_observations, history_actions, history_mask)
-        return self.decode_latents(observations, latents)
-
-    @torch.no_grad()
-    def explore(self, observations, history_observations, history_actions, history_mask,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """[N, K, A]: how the replay online mode (utils.OnlineReplayTrainer) acts: the evaluated policy itself
-        (`act`: best of `n_action_samples` sampled latents by Q), its sampling noise from the collection
-        stream `generator`; the sampler's own noise is the exploration."""
+    def act(self, observations, history_observations, history_actions, history_mask,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+        """Normalized inputs -> normalized action chunks [N, K, A] in [-1, 1]; the sampler's noise from
+        `generator` (default: the global RNG)."""
         latents = self.sample_latents(observations, history_observations, history_actions, history_mask, generator)
         return self.decode_latents(observations, latents)
+
+    # How the replay online mode (utils.OnlineReplayTrainer) collects: the evaluated policy itself, its
+    # sampling noise (from the collection stream) the exploration.
+    explore = act
 
     # ------------------------------------------------------- the denoising chain as a Gaussian policy
     @property
