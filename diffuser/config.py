@@ -155,6 +155,12 @@ def cell_defaults() -> dict:
     return {key: copy.deepcopy(prop["default"]) for key, prop in cell_schema()["properties"].items()}
 
 
+def saved_cell_config(saved: dict) -> dict:
+    """A cell config read back from a checkpoint, with every key the schema gained since it was written at
+    its default (a new key's default keeps the behaviour from before it existed)."""
+    return {**cell_defaults(), **saved}
+
+
 def _meta_properties() -> dict:
     return spec_schema()["properties"]["meta_data"]["properties"]
 

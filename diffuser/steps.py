@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from diffuser.config import saved_cell_config
 from diffuser.errors import ConfigError
 from diffuser.runtime.seeding import seed_global
 from diffuser.training.checkpoints import load_checkpoint
@@ -192,7 +193,7 @@ def policy_from_state(state: dict, device="cpu"):
     from diffuser.datasets.normalization import normalizer_from_state_dict
     from diffuser.evaluation.policy import PolicyRunner
 
-    config = state["config"]
+    config = saved_cell_config(state["config"])
     model = build_model(config, state["obs_dim"], state["action_dim"]).to(device)
     model.load_state_dict(state["ema"])
     model.eval()
@@ -216,7 +217,7 @@ def evaluate(
     run_dir = Path(run_dir)
     checkpoint = Path(checkpoint) if checkpoint else run_dir / "final.pt"
     state = load_checkpoint(checkpoint)
-    config = state["config"]
+    config = saved_cell_config(state["config"])
     set_threads({**config, "num_threads": threads} if threads else config)
     claim = _claim_device(config)
     runner = policy_from_state(state, device=claim.device)

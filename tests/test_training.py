@@ -137,3 +137,19 @@ def test_resume_extends_a_run_but_a_changed_setting_starts_over_keeping_the_old_
     assert load_checkpoint(run_dir / "final.pt")["config"]["learning_rate"] == 5e-4
     rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
     assert int(rows[0].split(",")[0]) == 10, "the changed run starts from step 0 with a fresh metrics table"
+
+
+def test_a_checkpoint_from_before_a_key_existed_still_evaluates(tmp_path, tiny_maze_data):
+    """A key the schema gained after a run was written is read at its default (its behaviour then)."""
+    from diffuser import steps
+
+    run_dir = tmp_path / "run"
+    steps.train(load_cell_config(write_cell(tmp_path / "cell.yaml", n_train_steps=20, num_eval=1)), run_dir,
+                tiny_maze_data)
+    state = load_checkpoint(run_dir / "final.pt")
+    expected = steps.evaluate(run_dir, num_eval=2, out=tmp_path / "now.json")
+    for newer in ("min_advantage_weight_ess", "online_imitation"):
+        del state["config"][newer]
+    torch.save(state, run_dir / "old.pt")
+    old = steps.evaluate(run_dir, checkpoint=run_dir / "old.pt", num_eval=2, out=tmp_path / "old.json")
+    assert old["returns"] == expected["returns"]
