@@ -266,25 +266,3 @@ def test_gru_first_step_from_zero_is_the_gru_cell():
     encoder = TrajectoryEncoder(OBS_DIM, ACTION_DIM, history_horizon=1, latent_dim=8, kind="gru", use_actions=False)
     x = torch.randn(5, 8)
     torch.testing.assert_close(encoder._gru_from_zero(x), encoder.cell(x, torch.zeros(5, 8)))
-
-
-def weight_ess(weights: torch.Tensor) -> float:
-    return float(weights.sum() ** 2 / (weights.numel() * (weights**2).sum()))
-
-
-def test_an_ess_floor_lowers_beta_only_where_the_weights_concentrate():
-    advantages = torch.linspace(-3.0, 1.5, 64)  # exp(3 A) (below the cap) puts most weight on a few samples
-    free = DiffusionRL(OBS_DIM, ACTION_DIM, tiny_config(advantage_weight_beta=3.0))
-    weights, beta = free._weights_and_beta(advantages)
-    assert beta is None and weight_ess(weights) < 0.2
-    floored = DiffusionRL(OBS_DIM, ACTION_DIM, tiny_config(advantage_weight_beta=3.0, min_advantage_weight_ess=0.5))
-    lowered, beta = floored._weights_and_beta(advantages)
-    assert 0 < beta < 3.0 and weight_ess(lowered) >= 0.5
-    assert torch.equal(lowered.argsort(), advantages.argsort())  # still tilted toward the better samples
-    # the largest beta of the grid that keeps the floor: one grid step higher breaks it
-    higher = torch.exp((beta + 3.0 / 32) * advantages).clamp(max=100.0)
-    assert weight_ess(higher) < 0.5
-    # where beta's own weights keep the floor they are used unchanged
-    loose = DiffusionRL(OBS_DIM, ACTION_DIM, tiny_config(advantage_weight_beta=3.0, min_advantage_weight_ess=0.05))
-    same, beta = loose._weights_and_beta(advantages)
-    assert torch.equal(same, weights) and beta == 3.0

@@ -57,7 +57,6 @@ def test_online_iql_and_fql_train_with_the_replay_trainer(name, tmp_path):
     ({"diffusion": "models.FQL", "trainer": "utils.OnlineReplayTrainer", "online_training": False},
      "needs online_training: true"),
     ({"diffusion": "models.BC"}, "models.BC has no online mode"),
-    ({"diffusion": "models.IQL", "online_imitation": "successful"}, "models.IQL would ignore it"),
 ])
 def test_a_trainer_that_does_not_fit_the_model_is_a_clear_error(constants, message, tmp_path):
     with pytest.raises(ConfigError, match=message):

@@ -113,10 +113,6 @@ class VAESequenceDataset:
         self._valid_episode_starts = torch.as_tensor(step_start[valid_steps], device=self.device)
         self._dones = self._tensor(dones)
         self._returns_to_go = self._tensor(returns)
-        # optional per-step weights of the policy's imitation loss (the online buffer's, online_imitation)
-        self._imitation_weights = None
-        if "imitation_weights" in arrays:
-            self._imitation_weights = self._tensor(np.asarray(arrays["imitation_weights"])[valid_steps])
         self._history_offsets = torch.arange(-history_horizon, 0, device=self.device)
         self._chunk_offsets = torch.arange(action_horizon, device=self.device)
 
@@ -143,7 +139,7 @@ class VAESequenceDataset:
         history_mask = history >= self._valid_episode_starts[positions][:, None]
         history_rows = torch.where(history_mask, history + 1, 0)
         chunk = steps[:, None] + self._chunk_offsets  # [B, K]
-        batch = {
+        return {
             "history_observations": self._observations[history_rows],
             "history_actions": self._actions[history_rows],
             "history_mask": history_mask,
@@ -154,6 +150,3 @@ class VAESequenceDataset:
             "dones": self._dones[positions],
             "returns_to_go": self._returns_to_go[positions],
         }
-        if self._imitation_weights is not None:
-            batch["imitation_weights"] = self._imitation_weights[positions]
-        return batch

@@ -19,9 +19,7 @@ critic's actions. The diffusion loss weighs each sample by exp(advantage_weight_
 IQL policy extraction), so the policy imitates the data's better latents more than its worse ones;
 Q-selection at acting time then chooses among candidates already tilted toward them. Same protocol
 as above, beta 0 / 3: UMaze 91.0 / 95.9, Medium 69.4 / 75.6 (share of steps at the goal after first
-reaching it, seed 0: UMaze 0.90 / 0.97, BC 0.96). A batch's `imitation_weights` (online rows under
-`online_imitation: successful`) multiply these weights: the diffusion then imitates only the online
-episodes that succeeded, while the critic and the VAE learn from every step.
+reaching it, seed 0: UMaze 0.90 / 0.97, BC 0.96).
 """
 
 from __future__ import annotations
@@ -54,9 +52,6 @@ CHAIN_LOG_STD_RANGE = (0.0, 2.0)
 # Advantage weights exp(beta * A) are capped here, as in AWR and IQL's policy extraction (100 there):
 # one sample must not outweigh a whole batch.
 MAX_ADVANTAGE_WEIGHT = 100.0
-# With `min_advantage_weight_ess`, beta is lowered to the largest of beta * (1..GRID)/GRID whose weights
-# keep that effective sample size: one batched evaluation, no host read.
-ESS_BETA_GRID = 32
 
 
 @dataclass(frozen=True)
@@ -86,7 +81,6 @@ class DiffusionRLConfig(Settings):
     use_value_function: bool
     n_action_samples: int
     advantage_weight_beta: float
-    min_advantage_weight_ess: float | None
     expectile: float
     discount: float
     target_update_rate: float
@@ -110,7 +104,6 @@ class DiffusionRL(nn.Module):
         self.min_policy_std = cfg.min_policy_std
         self.n_action_samples = cfg.n_action_samples
         self.advantage_weight_beta = cfg.advantage_weight_beta
-        self.min_advantage_weight_ess = cfg.min_advantage_weight_ess
         self.vae = self.build_vae(obs_dim, action_dim, cfg)
         self.latent_dim = self.vae.latent_dim
         self.clip = self.vae.latent_bound if cfg.clip_denoised else None
@@ -162,12 +155,7 @@ class DiffusionRL(nn.Module):
         advantages = None
         if self.critic is not None:
             terms["value_loss"], advantages = self.critic.value_loss_and_advantages(observations, latents)
-        weights, beta = self._weights_and_beta(advantages)
-        if beta is not None:
-            terms["advantage_weight_beta_used"] = beta
-        if "imitation_weights" in batch:  # online_imitation: successful (online/mixing.py)
-            mask = batch["imitation_weights"]
-            weights = mask if weights is None else weights * mask
+        weights = self._weights_of(advantages)
         terms["diffusion_loss"] = self.diffusion.training_loss(self.denoiser, latents, cond, weights)
         if weights is not None:
             # Effective sample size of the weighted batch as a share of the batch: 1 = uniform weights,
@@ -188,30 +176,12 @@ class DiffusionRL(nn.Module):
         critic rates above the state's value, the policy extraction of AWR and IQL."""
         if self.critic is None:
             return None
-        advantages = self.critic.q_min(observations, latents, target=True) - self.critic.v(observations)
-        return self._weights_and_beta(advantages)[0]
+        return self._weights_of(self.critic.q_min(observations, latents, target=True) - self.critic.v(observations))
 
-    def _weights_and_beta(self, advantages: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(exp(beta * advantages) capped, the beta used: a tensor when `min_advantage_weight_ess` may lower it).
-
-        With `min_advantage_weight_ess`, beta is the largest of beta * (1..ESS_BETA_GRID) / ESS_BETA_GRID whose
-        weights keep that effective sample size (the smallest when none does); when beta's own weights keep
-        it, they are the weights, exactly as without the floor. The critic's advantages grow with its values,
-        and online, where returns rise, the weights would otherwise concentrate on a few samples: the effective
-        sample size of the Large maze's replay online mode fell from 0.87 (offline, step 20,000) to 0.10."""
-        beta = self.advantage_weight_beta
-        if advantages is None or beta == 0:
-            return None, None
-        if self.min_advantage_weight_ess is None:
-            return torch.exp(beta * advantages).clamp(max=MAX_ADVANTAGE_WEIGHT), None
-        fractions = torch.arange(1, ESS_BETA_GRID + 1, device=advantages.device) / ESS_BETA_GRID  # ends at 1.0 exactly
-        betas = beta * fractions
-        grid = torch.exp(betas[:, None] * advantages[None]).clamp(max=MAX_ADVANTAGE_WEIGHT)  # [G, B]
-        ess = grid.sum(1) ** 2 / (advantages.numel() * (grid**2).sum(1))
-        keeps = ess >= self.min_advantage_weight_ess
-        keeps[0] = True  # the fallback
-        chosen = (keeps * torch.arange(ESS_BETA_GRID, device=advantages.device)).argmax()
-        return grid[chosen], betas[chosen]
+    def _weights_of(self, advantages: torch.Tensor | None) -> torch.Tensor | None:
+        if advantages is None or self.advantage_weight_beta == 0:
+            return None
+        return torch.exp(self.advantage_weight_beta * advantages).clamp(max=MAX_ADVANTAGE_WEIGHT)
 
     def after_optimizer_step(self) -> None:
         if self.critic is not None:

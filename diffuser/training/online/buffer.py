@@ -2,8 +2,6 @@
 
 Steps are appended as they happen; with several environments stepped together the episodes' steps
 interleave, so `arrays` groups them by episode id (a stable sort keeps each episode's time order).
-When an episode ends the collector records whether it succeeded (`end_episode`); an episode in
-progress counts as not (yet) successful.
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ class OnlineBuffer:
     def __init__(self, obs_dim: int, action_dim: int):
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.rows: dict[str, list] = {name: [] for name in BUFFER_FIELDS}
-        self.successful_episodes: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.rows["rewards"])
@@ -29,11 +26,6 @@ class OnlineBuffer:
         for name, value in zip(BUFFER_FIELDS, (observation, action, reward, terminal, timeout, next_observation,
                                                episode_id), strict=True):
             self.rows[name].append(value)
-
-    def end_episode(self, episode_id: int, success: bool) -> None:
-        """Record how episode `episode_id` ended (its env's `success` at any step)."""
-        if success:
-            self.successful_episodes.add(int(episode_id))
 
     def _appended(self) -> dict[str, np.ndarray]:
         """Every field as an array, in the order the steps were appended."""
@@ -47,16 +39,13 @@ class OnlineBuffer:
             "episode_ids": np.asarray(self.rows["episode_ids"], dtype=np.int64),
         }
 
-    def arrays(self, successes: bool = False) -> dict[str, np.ndarray]:
+    def arrays(self) -> dict[str, np.ndarray]:
         """The buffer in the processed-dataset format (docs/INTERFACES.md): steps grouped by episode, each
-        episode's in time order; with `successes`, also "successes" [N]: whether the step's episode ended
-        successfully."""
+        episode's in time order."""
         appended = self._appended()
-        order = np.argsort(appended["episode_ids"], kind="stable")
-        episode_ids = appended.pop("episode_ids")[order]
+        order = np.argsort(appended.pop("episode_ids"), kind="stable")
         out = {name: value[order] for name, value in appended.items()}
-        if successes:
-            out["successes"] = np.isin(episode_ids, np.fromiter(self.successful_episodes, np.int64))
+        episode_ids = np.asarray(self.rows["episode_ids"], dtype=np.int64)[order]
         boundaries = np.flatnonzero(np.diff(episode_ids)) + 1
         starts = np.concatenate([[0], boundaries]).astype(np.int64) if len(episode_ids) else np.zeros(0, np.int64)
         out["episode_starts"] = starts
@@ -64,9 +53,7 @@ class OnlineBuffer:
         return out
 
     def state_dict(self) -> dict:
-        state = {name: torch.as_tensor(value) for name, value in self._appended().items()}
-        state["successful_episodes"] = torch.as_tensor(sorted(self.successful_episodes), dtype=torch.int64)
-        return state
+        return {name: torch.as_tensor(value) for name, value in self._appended().items()}
 
     def load_state_dict(self, state: dict) -> None:
         n = len(state["episode_ids"])
@@ -74,5 +61,3 @@ class OnlineBuffer:
         for name in BUFFER_FIELDS:
             values = state[name].numpy()
             self.rows[name] = [values[i] for i in range(n)]
-        # absent from checkpoints written before successes were recorded
-        self.successful_episodes = set(state.get("successful_episodes", torch.zeros(0, dtype=torch.int64)).tolist())

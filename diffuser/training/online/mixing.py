@@ -3,7 +3,6 @@ that take a fixed share of their samples from it."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from diffuser.datasets.sequence import VAESequenceDataset, sequence_settings
@@ -13,28 +12,20 @@ from diffuser.training.online.buffer import OnlineBuffer
 def online_sequence_dataset(buffer: OnlineBuffer, offline: VAESequenceDataset, config: dict,
                             device) -> VAESequenceDataset | None:
     """The buffer's steps as a dataset of the offline one's kind, normalized with the offline statistics
-    (its metadata); None until some episode in it is at least one action chunk long. Under
-    `online_imitation: successful` its batches carry `imitation_weights`: 1 for the steps of episodes that
-    ended successfully, 0 for the others and for episodes still in progress."""
-    successful_only = config["online_imitation"] == "successful"
-    arrays = buffer.arrays(successes=successful_only) if len(buffer) else None
+    (its metadata); None until some episode in it is at least one action chunk long."""
+    arrays = buffer.arrays() if len(buffer) else None
     if arrays is None or arrays["episode_lengths"].max() < config["action_horizon"]:
         return None
-    if successful_only:
-        arrays["imitation_weights"] = arrays.pop("successes").astype(np.float32)
     return VAESequenceDataset((arrays, offline.metadata), **sequence_settings(config), device=device)
 
 
 def mixed_batch(offline: VAESequenceDataset, online: VAESequenceDataset | None, online_fraction: float,
                 batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """`batch_size` samples, round(online_fraction * batch_size) of them (the last rows) from `online`
-    when it exists, the rest from `offline`; when the online rows carry `imitation_weights`, the offline
-    rows get 1."""
+    when it exists, the rest from `offline`."""
     n_online = round(online_fraction * batch_size) if online is not None else 0
     batch = offline.sample(batch_size - n_online, generator)
     if n_online == 0:
         return batch
     extra = online.sample(n_online, generator)
-    if "imitation_weights" in extra:  # the offline rows are imitated as always
-        batch["imitation_weights"] = torch.ones(batch_size - n_online, device=extra["imitation_weights"].device)
     return {key: torch.cat([batch[key], extra[key]]) for key in batch}

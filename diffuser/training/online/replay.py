@@ -18,10 +18,7 @@ same schedule keys as DiffusionRL's online mode so the comparison is like for li
 - once online steps exist, `online_sample_fraction` of every batch comes from them. The papers sample
   uniformly from the union of the offline and online data, so their online share grows from 0 toward
   a half over a run of as many online as offline steps; a fixed share is the same knob DiffusionRL's
-  online mode has;
-- `online_imitation: successful` (DiffusionRL): its diffusion loss imitates only the online episodes
-  that ended successfully (filtered imitation), while its critic and VAE learn from every online step.
-  Imitating every step lets an episode stuck against a wall teach the policy to stay stuck there.
+  online mode has.
 
 The policy-gradient keys (what utils.OnlineRLTrainer reads beyond the schedule: `rl_update_freq`, the
 learning rates, PPO, GAE, value, entropy and denoising keys) are not read. Resume: the buffer, the collection RNG and

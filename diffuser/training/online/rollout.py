@@ -170,7 +170,6 @@ class Collector:
                                ("env_ids", torch.arange(n))):
                 rounds.setdefault(key, []).append(value.to(self.device)[took])
             for i in np.flatnonzero(ends):
-                buffer.end_episode(int(self.episode_ids[i]), bool(self.successes[i]))
                 returns_done.append(float(self.returns[i]))
                 self.successes_done.append(bool(self.successes[i]))
                 self.episode_ids[i] = -1
