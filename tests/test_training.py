@@ -148,7 +148,7 @@ def test_a_checkpoint_from_before_a_key_existed_still_evaluates(tmp_path, tiny_m
                 tiny_maze_data)
     state = load_checkpoint(run_dir / "final.pt")
     expected = steps.evaluate(run_dir, num_eval=2, out=tmp_path / "now.json")
-    del state["config"]["online_sample_fraction"]  # as if the key had come after the run
+    del state["config"]["ft_denoising_steps"]  # a key the model reads, as if it had come after the run
     torch.save(state, run_dir / "old.pt")
     old = steps.evaluate(run_dir, checkpoint=run_dir / "old.pt", num_eval=2, out=tmp_path / "old.json")
     assert old["returns"] == expected["returns"]
