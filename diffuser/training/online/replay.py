@@ -10,9 +10,10 @@ same schedule keys as DiffusionRL's online mode so the comparison is like for li
 
 - after `rl_warmup_steps` offline steps, every `rl_collect_freq` training steps the current model (not
   the EMA) acts with its exploring policy (`explore`: IQL samples its Gaussian, FQL its one-step policy
-  on fresh noise, DiffusionRL its best-of-n sampler) for `rl_collect_steps` environment steps summed over `rl_num_envs` persistent
-  environments (rollout.py's collection, the same as DiffusionRL's; the papers use one), executing
-  each sampled action chunk as it does when evaluated; the steps go into the online buffer.
+  on fresh noise, DiffusionRL its best-of-n sampler) for `rl_collect_steps` environment steps summed over
+  `rl_num_envs` persistent environments (rollout.py's collection, the same as DiffusionRL's; the papers
+  use one), executing each sampled action chunk as it does when evaluated; the steps go into the online
+  buffer.
   `rl_collect_freq` / `rl_collect_steps` is the number of gradient steps per environment step (1 in
   both papers);
 - once online steps exist, `online_sample_fraction` of every batch comes from them. The papers sample
