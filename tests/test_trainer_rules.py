@@ -40,6 +40,14 @@ def test_a_resume_may_change_only_what_does_not_change_the_result():
     assert changed_result_keys(constant, {**constant, "n_train_steps": 20}) == []
 
 
+def test_a_key_newer_than_the_checkpoint_counts_as_changed_only_when_it_is_off_its_default():
+    saved = {"seed": 1, "learning_rate": 1e-3}  # written before "expectile" existed
+    defaults = {"seed": 0, "learning_rate": 1e-3, "expectile": 0.7}
+    assert changed_result_keys(saved, {**saved, "expectile": 0.7}, defaults) == []
+    assert changed_result_keys(saved, {**saved, "expectile": 0.9}, defaults) == ["expectile"]
+    assert changed_result_keys(saved, {**saved, "expectile": 0.7}) == ["expectile"], "no defaults: unknown, so changed"
+
+
 class RecordingModel(ToyModel):
     def __init__(self):
         super().__init__()

@@ -139,6 +139,24 @@ def test_resume_extends_a_run_but_a_changed_setting_starts_over_keeping_the_old_
     assert int(rows[0].split(",")[0]) == 10, "the changed run starts from step 0 with a fresh metrics table"
 
 
+def test_a_run_checkpointed_before_a_key_existed_resumes_when_the_key_is_at_its_default(tmp_path, tiny_maze_data,
+                                                                                        capsys):
+    from diffuser import steps
+
+    run_dir = tmp_path / "run"
+    short = load_cell_config(write_cell(tmp_path / "short.yaml", n_train_steps=40, save_freq=20, lr_schedule="constant"))
+    steps.train(short, run_dir, tiny_maze_data)
+    for path in (run_dir / "checkpoints").glob("state_*.pt"):
+        state = load_checkpoint(path)
+        del state["config"]["ft_denoising_steps"]  # as if the key had come after the run
+        torch.save(state, path)
+    longer = load_cell_config(write_cell(tmp_path / "long.yaml", n_train_steps=60, save_freq=20, lr_schedule="constant"))
+    capsys.readouterr()
+    steps.train(longer, run_dir, tiny_maze_data)
+    assert "resumed from step 40" in capsys.readouterr().out
+    assert not list(run_dir.glob("checkpoints.replaced-*"))
+
+
 def test_a_checkpoint_from_before_a_key_existed_still_evaluates(tmp_path, tiny_maze_data):
     """A key the schema gained after a run was written is read at its default (its behaviour then)."""
     from diffuser import steps

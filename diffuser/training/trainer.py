@@ -43,8 +43,10 @@ RESUMABLE_KEYS = frozenset({
 })
 
 
-def changed_result_keys(saved: dict, current: dict) -> list[str]:
-    """Keys, outside RESUMABLE_KEYS, whose values differ between a checkpoint's config and the current one."""
+def changed_result_keys(saved: dict, current: dict, defaults: dict | None = None) -> list[str]:
+    """Keys, outside RESUMABLE_KEYS, whose values differ between a checkpoint's config and the current one. A key
+    the checkpoint's config lacks (written before the key existed) had its value in `defaults`, when given there."""
+    saved = {**(defaults or {}), **saved}
     keys = (set(saved) | set(current)) - RESUMABLE_KEYS
     if "cosine" in (saved.get("lr_schedule"), current.get("lr_schedule")):
         keys.add("n_train_steps")  # the schedule's length
@@ -79,8 +81,12 @@ class Trainer:
     progress_metric = "loss"  # the loss term shown beside the progress bar
     divergence_remedy = "lower learning_rate or check the data"
 
-    def __init__(self, config: dict, dataset, model: torch.nn.Module, run_dir, evaluator=None, device="cpu"):
+    def __init__(self, config: dict, dataset, model: torch.nn.Module, run_dir, evaluator=None, device="cpu",
+                 config_defaults: dict | None = None):
+        """`config_defaults`: each config key's default, the value it had in a checkpoint written before it
+        existed (resume compares configs with it)."""
         self.config = config
+        self.config_defaults = config_defaults or {}
         self.dataset = dataset
         self.model = model.to(device)
         self.run_dir = Path(run_dir)
@@ -165,7 +171,7 @@ class Trainer:
         if path is None:
             return False
         state = load_checkpoint(path, map_location=self.device)
-        changed = changed_result_keys(state["config"], self.config)
+        changed = changed_result_keys(state["config"], self.config, self.config_defaults)
         if changed:
             self._set_checkpoints_aside(f"were written with other values of {', '.join(changed)}")
             return False
