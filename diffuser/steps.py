@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from diffuser.config import cell_defaults, saved_cell_config
+from diffuser.config import saved_cell_config
 from diffuser.errors import ConfigError
 from diffuser.runtime.seeding import seed_global
 from diffuser.training.checkpoints import load_checkpoint
@@ -107,7 +107,7 @@ def train(
     if config["eval_freq"] <= config["n_train_steps"] or config["online_training"]:
         evaluator = resolve(config["evaluator"])(dataset.metadata, config["num_eval"], seed=config["seed"])
     trainer = trainer_cls(config, dataset, model, run_dir, evaluator=evaluator, device=device,
-                          config_defaults=cell_defaults())
+                          read_saved_config=saved_cell_config)
     previous = run_status(run_dir)
     if previous["status"] in ("killed", "interrupted", "failed"):
         print(f"the previous attempt of this run ended {previous['status']} ({previous.get('detail', 'no detail')})")

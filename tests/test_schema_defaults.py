@@ -39,7 +39,7 @@ NOT_SETTINGS = {
     "prediction",  # GaussianDiffusion: what the network predicts; DiffusionRL fixes it (PREDICTION)
     "device",  # a torch device, resolved from the cell's `device` setting by the GPU pool
     "evaluator",  # Trainer: none unless the cell evaluates during training
-    "config_defaults",  # Trainer: the schema's defaults themselves (for checkpoints older than a key), not one setting
+    "read_saved_config",  # Trainer: how a checkpoint's config is read back (config.saved_cell_config), not a setting
 }
 TAKE_SETTINGS = [
     ActionVAE, TrajectoryEncoder, LatentDenoiser, GaussianDiffusion, IQLCritic, TwinQ, DiffusionRL, BC, IQL,

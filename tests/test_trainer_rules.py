@@ -7,6 +7,7 @@ import pytest
 import torch
 from test_ema import CONFIG, ToyData, ToyModel
 
+from diffuser.config import cell_defaults, saved_cell_config
 from diffuser.training.checkpoints import load_checkpoint
 from diffuser.training.trainer import Trainer, changed_result_keys, make_scheduler
 
@@ -41,11 +42,11 @@ def test_a_resume_may_change_only_what_does_not_change_the_result():
 
 
 def test_a_key_newer_than_the_checkpoint_counts_as_changed_only_when_it_is_off_its_default():
-    saved = {"seed": 1, "learning_rate": 1e-3}  # written before "expectile" existed
-    defaults = {"seed": 0, "learning_rate": 1e-3, "expectile": 0.7}
-    assert changed_result_keys(saved, {**saved, "expectile": 0.7}, defaults) == []
-    assert changed_result_keys(saved, {**saved, "expectile": 0.9}, defaults) == ["expectile"]
-    assert changed_result_keys(saved, {**saved, "expectile": 0.7}) == ["expectile"], "no defaults: unknown, so changed"
+    current = cell_defaults()
+    saved = {key: value for key, value in current.items() if key != "expectile"}  # written before "expectile" existed
+    assert changed_result_keys(saved_cell_config(saved), current) == []
+    assert changed_result_keys(saved_cell_config(saved), {**current, "expectile": 0.9}) == ["expectile"]
+    assert changed_result_keys(saved, current) == ["expectile"], "read as saved, a missing key is a changed one"
 
 
 class RecordingModel(ToyModel):

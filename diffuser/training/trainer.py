@@ -16,6 +16,7 @@ import copy
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -43,10 +44,8 @@ RESUMABLE_KEYS = frozenset({
 })
 
 
-def changed_result_keys(saved: dict, current: dict, defaults: dict | None = None) -> list[str]:
-    """Keys, outside RESUMABLE_KEYS, whose values differ between a checkpoint's config and the current one. A key
-    the checkpoint's config lacks (written before the key existed) had its value in `defaults`, when given there."""
-    saved = {**(defaults or {}), **saved}
+def changed_result_keys(saved: dict, current: dict) -> list[str]:
+    """Keys, outside RESUMABLE_KEYS, whose values differ between a checkpoint's config and the current one."""
     keys = (set(saved) | set(current)) - RESUMABLE_KEYS
     if "cosine" in (saved.get("lr_schedule"), current.get("lr_schedule")):
         keys.add("n_train_steps")  # the schedule's length
@@ -82,11 +81,11 @@ class Trainer:
     divergence_remedy = "lower learning_rate or check the data"
 
     def __init__(self, config: dict, dataset, model: torch.nn.Module, run_dir, evaluator=None, device="cpu",
-                 config_defaults: dict | None = None):
-        """`config_defaults`: each config key's default, the value it had in a checkpoint written before it
-        existed (resume compares configs with it)."""
+                 read_saved_config: Callable[[dict], dict] | None = None):
+        """`read_saved_config`: a checkpoint's config -> the config it ran with, keys the schema gained since it
+        was written filled in (config.saved_cell_config); resume compares that with `config`."""
         self.config = config
-        self.config_defaults = config_defaults or {}
+        self.read_saved_config = read_saved_config or dict
         self.dataset = dataset
         self.model = model.to(device)
         self.run_dir = Path(run_dir)
@@ -171,7 +170,7 @@ class Trainer:
         if path is None:
             return False
         state = load_checkpoint(path, map_location=self.device)
-        changed = changed_result_keys(state["config"], self.config, self.config_defaults)
+        changed = changed_result_keys(self.read_saved_config(state["config"]), self.config)
         if changed:
             self._set_checkpoints_aside(f"were written with other values of {', '.join(changed)}")
             return False

@@ -23,9 +23,9 @@ class OnlineTrainer(Trainer):
     collector_class: type[Collector] = Collector
 
     def __init__(self, config: dict, dataset, model, run_dir, evaluator=None, device="cpu",
-                 config_defaults: dict | None = None):
+                 read_saved_config=None):
         super().__init__(config, dataset, model, run_dir, evaluator=evaluator, device=device,
-                         config_defaults=config_defaults)
+                         read_saved_config=read_saved_config)
         # Built now so a dataset whose environment cannot be built stops before any training.
         envs = [make_env(dataset.metadata) for _ in range(config["rl_num_envs"])]
         self.rl_generator = generator(config["seed"], COLLECTION_STREAM)

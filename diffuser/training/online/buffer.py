@@ -43,9 +43,10 @@ class OnlineBuffer:
         """The buffer in the processed-dataset format (docs/INTERFACES.md): steps grouped by episode, each
         episode's in time order."""
         appended = self._appended()
-        order = np.argsort(appended.pop("episode_ids"), kind="stable")
+        episode_ids = appended.pop("episode_ids")
+        order = np.argsort(episode_ids, kind="stable")
         out = {name: value[order] for name, value in appended.items()}
-        episode_ids = np.asarray(self.rows["episode_ids"], dtype=np.int64)[order]
+        episode_ids = episode_ids[order]
         boundaries = np.flatnonzero(np.diff(episode_ids)) + 1
         starts = np.concatenate([[0], boundaries]).astype(np.int64) if len(episode_ids) else np.zeros(0, np.int64)
         out["episode_starts"] = starts

@@ -59,9 +59,9 @@ class OnlineRLTrainer(OnlineTrainer):
                          "rl_value_loss) or check the data")
 
     def __init__(self, config: dict, dataset, model: nn.Module, run_dir, evaluator=None, device="cpu",
-                 config_defaults: dict | None = None):
+                 read_saved_config=None):
         super().__init__(config, dataset, model, run_dir, evaluator=evaluator, device=device,
-                         config_defaults=config_defaults)
+                         read_saved_config=read_saved_config)
         with isolated_rng(config["seed"] + VALUE_NET_STREAM):  # the training stream stays the offline twin's
             self.value_net = make_value_net(dataset.obs_dim, config["hidden_dim"]).to(self.device)
         self.rl_optimizer = make_optimizer(rl_parameter_groups(model, self.value_net, config["rl_value_learning_rate"]),
