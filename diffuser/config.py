@@ -53,7 +53,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from diffuser.errors import ConfigError
+from diffuser.errors import ConfigError, UserError
 from diffuser.registry import (
     EXPLORING_MODELS,
     MODELS_WITH_VAE,
@@ -394,9 +394,23 @@ def cell_name(values: Mapping) -> str:
     return "/".join(f"{key}~{path_value(values[key])}" for key in sorted(values))
 
 
+def _relabelling_problems(dataset: str) -> list[str]:
+    """Why `dataset`'s online episodes cannot be goal-relabelled, when its name tells (a Minari dataset's
+    metadata tells only once read: the trainer checks it then)."""
+    from diffuser.envs.specs import env_spec_for_dataset
+    from diffuser.training.online.relabel import relabelling_problem
+
+    try:
+        spec = env_spec_for_dataset(dataset)
+    except UserError:  # an unknown or unavailable task: reported where the dataset is prepared
+        return []
+    problem = relabelling_problem({**spec, "name": dataset})
+    return [problem] if problem else []
+
+
 def _cell_problems(config: dict) -> list[str]:
     """Combinations of values that cannot run (each key alone is valid)."""
-    from diffuser.datasets.prepare import dataset_name_problem
+    from diffuser.datasets.prepare import MINARI_PREFIX, dataset_name_problem
 
     problems = []
     if dataset_problem := dataset_name_problem(config["dataset"]):
@@ -422,6 +436,8 @@ def _cell_problems(config: dict) -> list[str]:
     if online and model == "models.BC":
         problems.append("models.BC has no online mode; set online_training: false, or diffusion: models.DiffusionRL "
                         "(or models.IQL, models.FQL) for online + offline.")
+    if config["online_goal_relabelling"] and not dataset_problem and not config["dataset"].startswith(MINARI_PREFIX):
+        problems.extend(_relabelling_problems(config["dataset"]))
     if online and config["rl_warmup_steps"] >= config["n_train_steps"]:
         problems.append(
             f"online_training is true but rl_warmup_steps ({config['rl_warmup_steps']}) >= n_train_steps "

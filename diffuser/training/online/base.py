@@ -12,6 +12,7 @@ from diffuser.envs.scores import episode_scores
 from diffuser.runtime.seeding import COLLECTION_STREAM, generator
 from diffuser.training.online.buffer import OnlineBuffer
 from diffuser.training.online.mixing import mixed_batch, online_sequence_dataset
+from diffuser.training.online.relabel import GoalRelabeller
 from diffuser.training.online.rollout import Collector, collection_steps
 from diffuser.training.trainer import Trainer
 
@@ -32,6 +33,8 @@ class OnlineTrainer(Trainer):
         self.buffer = OnlineBuffer(dataset.obs_dim, dataset.action_dim)
         self.collector = self.collector_class(envs, dataset.normalizers, config["history_horizon"], config["discount"],
                                               config["reward_scale"], config["seed"], self.device)
+        self.relabel = (GoalRelabeller(dataset.metadata, config["online_goal_relabelling"], config["seed"])
+                        if config["online_goal_relabelling"] else None)
         self.online_dataset = None
 
     @property
@@ -61,7 +64,8 @@ class OnlineTrainer(Trainer):
 
     # ----------------------------------------------------------------------------- offline batches
     def _rebuild_online_dataset(self) -> None:
-        self.online_dataset = online_sequence_dataset(self.buffer, self.dataset, self.config, self.device)
+        self.online_dataset = online_sequence_dataset(self.buffer, self.dataset, self.config, self.device,
+                                                      self.relabel)
 
     def _sample_batch(self) -> dict:
         return mixed_batch(self.dataset, self.online_dataset, self.config["online_sample_fraction"],

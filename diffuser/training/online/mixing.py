@@ -3,6 +3,8 @@ that take a fixed share of their samples from it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from diffuser.datasets.sequence import VAESequenceDataset, sequence_settings
@@ -10,12 +12,15 @@ from diffuser.training.online.buffer import OnlineBuffer
 
 
 def online_sequence_dataset(buffer: OnlineBuffer, offline: VAESequenceDataset, config: dict,
-                            device) -> VAESequenceDataset | None:
+                            device, relabel: Callable[[dict], dict] | None = None) -> VAESequenceDataset | None:
     """The buffer's steps as a dataset of the offline one's kind, normalized with the offline statistics
-    (its metadata); None until some episode in it is at least one action chunk long."""
+    (its metadata), with `relabel`'s copies of its episodes added when given (relabel.py); None until some
+    episode in it is at least one action chunk long."""
     arrays = buffer.arrays() if len(buffer) else None
     if arrays is None or arrays["episode_lengths"].max() < config["action_horizon"]:
         return None
+    if relabel is not None:
+        arrays = relabel(arrays)
     return VAESequenceDataset((arrays, offline.metadata), **sequence_settings(config), device=device)
 
 
