@@ -82,7 +82,7 @@ class GaussianDiffusion(nn.Module):
     ) -> torch.Tensor:
         """DDPM objective at a uniform random timestep: MSE between the network's output and its target
         (the noise, x_0 or v, by `prediction`). `weights` ([B], >= 0) weigh the samples; they are divided
-        by their batch mean, so the loss keeps the unweighted one's scale."""
+        by their batch mean, so the loss keeps the unweighted one's scale; all zero, the loss is 0."""
         timesteps = torch.randint(0, self.n_diffusion_steps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         if self.prediction == "epsilon":
@@ -95,7 +95,7 @@ class GaussianDiffusion(nn.Module):
         errors = ((denoiser(self.q_sample(x0, timesteps, noise), timesteps, cond) - target) ** 2).flatten(1).mean(1)
         if weights is None:
             return errors.mean()
-        return (errors * weights).sum() / weights.sum()
+        return (errors * weights).sum() / weights.sum().clamp_min(torch.finfo(errors.dtype).tiny)
 
     # ------------------------------------------------------------------------------------- sampling
     def sampling_timesteps(self, n_sampling_steps: int) -> torch.Tensor:

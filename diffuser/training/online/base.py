@@ -11,7 +11,7 @@ from diffuser.envs.make import make_env
 from diffuser.envs.scores import episode_scores
 from diffuser.runtime.seeding import COLLECTION_STREAM, generator
 from diffuser.training.online.buffer import OnlineBuffer
-from diffuser.training.online.mixing import mixed_batch, online_sequence_dataset
+from diffuser.training.online.mixing import mixed_batch, offline_rows_mask, online_sequence_dataset
 from diffuser.training.online.relabel import GoalRelabeller
 from diffuser.training.online.rollout import Collector, collection_steps
 from diffuser.training.trainer import Trainer
@@ -68,8 +68,12 @@ class OnlineTrainer(Trainer):
                                                       self.relabel)
 
     def _sample_batch(self) -> dict:
-        return mixed_batch(self.dataset, self.online_dataset, self.config["online_sample_fraction"],
-                           self.config["batch_size"], self.generator)
+        batch = mixed_batch(self.dataset, self.online_dataset, self.config["online_sample_fraction"],
+                            self.config["batch_size"], self.generator)
+        if not self.config["online_imitation"] and self.online_dataset is not None:
+            batch["imitation_mask"] = offline_rows_mask(self.online_dataset, self.config["online_sample_fraction"],
+                                                        self.config["batch_size"], self.device)
+        return batch
 
     # --------------------------------------------------------------------------------- schedule
     def _after_step(self, step: int) -> dict:

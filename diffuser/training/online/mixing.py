@@ -24,13 +24,28 @@ def online_sequence_dataset(buffer: OnlineBuffer, offline: VAESequenceDataset, c
     return VAESequenceDataset((arrays, offline.metadata), **sequence_settings(config), device=device)
 
 
+def online_row_count(online: VAESequenceDataset | None, online_fraction: float, batch_size: int) -> int:
+    """How many rows of a mixed batch come from the online data: round(online_fraction * batch_size) once
+    it exists, else none."""
+    return round(online_fraction * batch_size) if online is not None else 0
+
+
 def mixed_batch(offline: VAESequenceDataset, online: VAESequenceDataset | None, online_fraction: float,
                 batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """`batch_size` samples, round(online_fraction * batch_size) of them (the last rows) from `online`
-    when it exists, the rest from `offline`."""
-    n_online = round(online_fraction * batch_size) if online is not None else 0
+    """`batch_size` samples, `online_row_count` of them (the last rows) from `online`, the rest from
+    `offline`."""
+    n_online = online_row_count(online, online_fraction, batch_size)
     batch = offline.sample(batch_size - n_online, generator)
     if n_online == 0:
         return batch
     extra = online.sample(n_online, generator)
     return {key: torch.cat([batch[key], extra[key]]) for key in batch}
+
+
+def offline_rows_mask(online: VAESequenceDataset | None, online_fraction: float, batch_size: int,
+                      device) -> torch.Tensor:
+    """[batch_size] 1.0 on the rows `mixed_batch` draws from the offline data, 0.0 on the online ones."""
+    n_online = online_row_count(online, online_fraction, batch_size)
+    mask = torch.ones(batch_size, device=device)
+    mask[batch_size - n_online:] = 0.0
+    return mask
