@@ -433,9 +433,9 @@ def _cell_problems(config: dict) -> list[str]:
     if trainer == REPLAY_TRAINER and model not in EXPLORING_MODELS:
         problems.append(f"trainer {REPLAY_TRAINER} collects with an exploring policy, which only "
                         f"{', '.join(sorted(EXPLORING_MODELS))} have, not {model}; set trainer: null.")
-    if online and not config["online_imitation"] and model != "models.DiffusionRL":
-        problems.append(f"online_imitation: false acts on models.DiffusionRL's diffusion loss; {model} would "
-                        "ignore it; set online_imitation: true.")
+    if online and config["online_imitation"] != "all" and model != "models.DiffusionRL":
+        problems.append(f"online_imitation: {config['online_imitation']} acts on models.DiffusionRL's diffusion loss; "
+                        f"{model} would ignore it; set online_imitation: all.")
     if online and model == "models.BC":
         problems.append("models.BC has no online mode; set online_training: false, or diffusion: models.DiffusionRL "
                         "(or models.IQL, models.FQL) for online + offline.")

@@ -20,8 +20,8 @@ IQL policy extraction), so the policy imitates the data's better latents more th
 Q-selection at acting time then chooses among candidates already tilted toward them. Same protocol
 as above, beta 0 / 3: UMaze 91.0 / 95.9, Medium 69.4 / 75.6 (share of steps at the goal after first
 reaching it, seed 0: UMaze 0.90 / 0.97, BC 0.96). A batch's `imitation_mask` (0 on its online rows
-under `online_imitation: false`) multiplies these weights: the diffusion then imitates the offline data
-only, while the critic and the VAE learn from every row.
+under `online_imitation` other than all) multiplies these weights: the diffusion then imitates only the
+rows it keeps, while the critic and the VAE learn from every row.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ class DiffusionRL(nn.Module):
         if self.critic is not None:
             terms["value_loss"], advantages = self.critic.value_loss_and_advantages(observations, latents)
         weights = self._weights_of(advantages)
-        if "imitation_mask" in batch:  # online_imitation: false (online/base.py): the online rows are 0
+        if "imitation_mask" in batch:  # online_imitation (online/mixing.py): 0 on the rows not imitated
             mask = batch["imitation_mask"]
             weights = mask if weights is None else weights * mask
         terms["diffusion_loss"] = self.diffusion.training_loss(self.denoiser, latents, cond, weights)

@@ -11,7 +11,12 @@ from diffuser.envs.make import make_env
 from diffuser.envs.scores import episode_scores
 from diffuser.runtime.seeding import COLLECTION_STREAM, generator
 from diffuser.training.online.buffer import OnlineBuffer
-from diffuser.training.online.mixing import mixed_batch, offline_rows_mask, online_sequence_dataset
+from diffuser.training.online.mixing import (
+    imitation_mask,
+    mixed_batch,
+    online_row_count,
+    online_sequence_dataset,
+)
 from diffuser.training.online.relabel import GoalRelabeller
 from diffuser.training.online.rollout import Collector, collection_steps
 from diffuser.training.trainer import Trainer
@@ -70,9 +75,11 @@ class OnlineTrainer(Trainer):
     def _sample_batch(self) -> dict:
         batch = mixed_batch(self.dataset, self.online_dataset, self.config["online_sample_fraction"],
                             self.config["batch_size"], self.generator)
-        if not self.config["online_imitation"] and self.online_dataset is not None:
-            batch["imitation_mask"] = offline_rows_mask(self.online_dataset, self.config["online_sample_fraction"],
-                                                        self.config["batch_size"], self.device)
+        if self.config["online_imitation"] != "all" and self.online_dataset is not None:
+            batch["imitation_mask"] = imitation_mask(batch, self.config["online_imitation"],
+                                                     online_row_count(self.online_dataset,
+                                                                      self.config["online_sample_fraction"],
+                                                                      self.config["batch_size"]))
         return batch
 
     # --------------------------------------------------------------------------------- schedule

@@ -42,10 +42,12 @@ def mixed_batch(offline: VAESequenceDataset, online: VAESequenceDataset | None, 
     return {key: torch.cat([batch[key], extra[key]]) for key in batch}
 
 
-def offline_rows_mask(online: VAESequenceDataset | None, online_fraction: float, batch_size: int,
-                      device) -> torch.Tensor:
-    """[batch_size] 1.0 on the rows `mixed_batch` draws from the offline data, 0.0 on the online ones."""
-    n_online = online_row_count(online, online_fraction, batch_size)
-    mask = torch.ones(batch_size, device=device)
-    mask[batch_size - n_online:] = 0.0
+
+def imitation_mask(batch: dict[str, torch.Tensor], rule: str, n_online: int) -> torch.Tensor:
+    """[B] which rows of a `mixed_batch` (its last `n_online` from the online data) the policy's imitation
+    learns from under `online_imitation: rule` (offline or rewarded; the schema says what each means)."""
+    rewards = batch["rewards"]
+    mask = torch.ones(rewards.shape[0], device=rewards.device)
+    online = slice(rewards.shape[0] - n_online, None)
+    mask[online] = (rewards[online].sum(1) > 0).float() if rule == "rewarded" else 0.0
     return mask
