@@ -42,7 +42,6 @@ def mixed_batch(offline: VAESequenceDataset, online: VAESequenceDataset | None, 
     return {key: torch.cat([batch[key], extra[key]]) for key in batch}
 
 
-
 def imitation_mask(batch: dict[str, torch.Tensor], rule: str, n_online: int) -> torch.Tensor:
     """[B] which rows of a `mixed_batch` (its last `n_online` from the online data) the policy's imitation
     learns from under `online_imitation: rule` (offline or rewarded; the schema says what each means)."""
