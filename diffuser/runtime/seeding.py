@@ -2,12 +2,12 @@
 
 The streams of one training run with seed s:
 - the torch global RNG (weight initialisation, the noise inside the losses): `seed_global(s)`;
-- the batch sampler: `generator(s, BATCH_STREAM)`;
-- online collection (the chain policy's noise): `generator(s, COLLECTION_STREAM)`, its own stream
+- the batch sampler: `generator(s, BATCH_STREAM)`, seeded with s itself;
+- online collection (the policy's sampling noise): `generator(s, COLLECTION_STREAM)`, its own stream
   so collecting never shifts which batches are drawn;
-- the online PPO value network's initial weights: the global RNG seeded with s + VALUE_NET_STREAM inside
-  `isolated_rng`, so building it leaves the training stream where it was and an online cell's offline
-  phase repeats its offline twin's exactly;
+- the online PPO value network's initial weights: the global RNG seeded with
+  `stream_seed(s, VALUE_NET_STREAM)` inside `isolated_rng`, so building it leaves the training stream where
+  it was and an online cell's offline phase repeats its offline twin's exactly;
 - the online episodes' resets: `online_reset_seed(s, i)` for the i-th episode;
 - evaluation: episode i resets with `evaluation_reset_seeds(s, n)[i]`, and the policy's sampling
   noise comes from `isolated_rng(s)`, a fork of the global RNG that leaves the training stream
@@ -36,9 +36,19 @@ def seed_global(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def stream_seed(seed: int, stream: int) -> int:
+    """The seed of one stream of a run with `seed`. The batch stream is the run's seed itself (every cell
+    draws the batches it drew before streams were mixed); the others mix (seed, stream) through numpy's
+    SeedSequence, so no stream of one seed is a stream of another (with seed + stream, seed s's collection
+    noise was seed s + 1's batch order, and the cells of a sweep were not independent)."""
+    if stream == BATCH_STREAM:
+        return seed
+    return int(np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
 def generator(seed: int, stream: int = BATCH_STREAM) -> torch.Generator:
     """A CPU torch generator for one stream of a run."""
-    return torch.Generator(device="cpu").manual_seed(seed + stream)
+    return torch.Generator(device="cpu").manual_seed(stream_seed(seed, stream))
 
 
 def gaussian_noise(shape: tuple[int, ...], generator: torch.Generator | None, device) -> torch.Tensor:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from diffuser.runtime.seeding import VALUE_NET_STREAM, isolated_rng
+from diffuser.runtime.seeding import VALUE_NET_STREAM, isolated_rng, stream_seed
 from diffuser.training.online.base import OnlineTrainer
 from diffuser.training.online.rollout import explained_variance, finish_rollout
 from diffuser.training.online.update import (
@@ -62,7 +62,8 @@ class OnlineRLTrainer(OnlineTrainer):
                  read_saved_config=None):
         super().__init__(config, dataset, model, run_dir, evaluator=evaluator, device=device,
                          read_saved_config=read_saved_config)
-        with isolated_rng(config["seed"] + VALUE_NET_STREAM):  # the training stream stays the offline twin's
+        # built on its own stream: the training stream stays the offline twin's
+        with isolated_rng(stream_seed(config["seed"], VALUE_NET_STREAM)):
             self.value_net = make_value_net(dataset.obs_dim, config["hidden_dim"]).to(self.device)
         self.rl_optimizer = make_optimizer(rl_parameter_groups(model, self.value_net, config["rl_value_learning_rate"]),
                                            config, config["rl_learning_rate"])
