@@ -408,6 +408,21 @@ def _relabelling_problems(dataset: str) -> list[str]:
     return [problem] if problem else []
 
 
+def _expansion_problems(config: dict, online: bool, model: str) -> list[str]:
+    """Why `offline_policy_candidates` cannot act in this cell, if it cannot."""
+    k, n = config["offline_policy_candidates"], config["n_action_samples"]
+    if not online or model != "models.DiffusionRL":
+        return [f"offline_policy_candidates ({k}) acts on models.DiffusionRL's candidates once it collects online, "
+                "which this cell never does; set offline_policy_candidates: 0."]
+    if not config["use_value_function"] or config["sampling_temperature"] == 0:
+        return [f"offline_policy_candidates ({k}) needs the critic to choose among n_action_samples candidates, "
+                "which needs use_value_function: true and sampling_temperature above 0; set offline_policy_candidates: 0."]
+    if k >= n:
+        return [f"offline_policy_candidates ({k}) must be below n_action_samples ({n}), so the trained policy keeps "
+                f"a candidate; lower it (e.g. {n // 2}) or raise n_action_samples."]
+    return []
+
+
 def _cell_problems(config: dict) -> list[str]:
     """Combinations of values that cannot run (each key alone is valid)."""
     from diffuser.datasets.prepare import MINARI_PREFIX, dataset_name_problem
@@ -436,6 +451,8 @@ def _cell_problems(config: dict) -> list[str]:
     if online and config["online_imitation"] != "all" and model != "models.DiffusionRL":
         problems.append(f"online_imitation: {config['online_imitation']} acts on models.DiffusionRL's diffusion loss; "
                         f"{model} would ignore it; set online_imitation: all.")
+    if config["offline_policy_candidates"]:
+        problems.extend(_expansion_problems(config, online, model))
     if online and model == "models.BC":
         problems.append("models.BC has no online mode; set online_training: false, or diffusion: models.DiffusionRL "
                         "(or models.IQL, models.FQL) for online + offline.")

@@ -22,6 +22,13 @@ as above, beta 0 / 3: UMaze 91.0 / 95.9, Medium 69.4 / 75.6 (share of steps at t
 reaching it, seed 0: UMaze 0.90 / 0.97, BC 0.96). A batch's `imitation_mask` (0 on its online rows
 under `online_imitation` other than all) multiplies these weights: the diffusion then imitates only the
 rows it keeps, while the critic and the VAE learn from every row.
+
+Policy expansion (`offline_policy_candidates` k > 0, online only; Zhang, Xu and Yu, "Policy Expansion for
+Bridging Offline-to-Online Reinforcement Learning", ICLR 2023): at the first collection the policy as it
+stands (the EMA's encoder, denoiser and VAE) is copied and frozen; from then on k of the `n_action_samples`
+candidates per decision come from that frozen offline policy and the rest from the policy training goes on
+with, and the critic picks among all of them, when collecting and when evaluated. Where online training
+loses something the offline policy did well, the critic can still choose the offline policy's action there.
 """
 
 from __future__ import annotations
@@ -89,6 +96,7 @@ class DiffusionRLConfig(Settings):
     # online fine-tuning
     online_training: bool
     ft_denoising_steps: int
+    offline_policy_candidates: int
 
 
 class DiffusionRL(nn.Module):
@@ -135,6 +143,19 @@ class DiffusionRL(nn.Module):
             self.register_buffer("base_chain_log_std", torch.zeros(()))  # the frozen steps' std scale
             # chain steps at timesteps above this one are the frozen ones
             self.first_tuned_timestep = int(self.diffusion.sampling_timesteps(cfg.n_sampling_steps)[self.n_frozen_steps])
+        # Policy expansion: the frozen offline policy, set by `freeze_offline_policy` at the first collection;
+        # built on a forked RNG for the same reason.
+        self.n_offline_candidates = cfg.offline_policy_candidates if cfg.online_training else 0
+        if self.n_offline_candidates > 0:
+            with torch.random.fork_rng(devices=[]):
+                self.offline_policy = nn.ModuleDict({
+                    "encoder": TrajectoryEncoder(obs_dim, action_dim, cfg.history_horizon, cfg.trajectory_latent_dim,
+                                                 cfg.encoder_type, cfg.history_actions),
+                    "denoiser": LatentDenoiser(self.latent_dim, cfg.trajectory_latent_dim + obs_dim, cfg.hidden_dim,
+                                               cfg.denoiser_blocks),
+                    "vae": self.build_vae(obs_dim, action_dim, cfg),
+                }).requires_grad_(False)
+            self.register_buffer("offline_policy_frozen", torch.zeros((), dtype=torch.bool))
 
     @staticmethod
     def build_vae(obs_dim: int, action_dim: int, config: DiffusionRLConfig | dict) -> ActionVAE:
@@ -200,18 +221,23 @@ class DiffusionRL(nn.Module):
         the sampler's noise from `generator` (default: the global RNG)."""
         cond = self.policy_condition(observations, history_observations, history_actions, history_mask)
         n = self.n_action_samples if self.critic is not None and not self.deterministic_sampling else 1
-        repeated_cond = cond.repeat_interleave(n, dim=0)  # [N*n, C], the n candidates of a state adjacent
-        candidates = self.diffusion.sample(
-            self._chain_denoiser, repeated_cond, (repeated_cond.shape[0], self.latent_dim), self.n_sampling_steps,
-            sampler=self.sampler, eta=self.ddim_eta, temperature=self.sampling_temperature, clip=self.clip,
-            generator=generator,
-        )
+        candidates = self._draw(self._chain_denoiser, cond, n, self.clip, generator)
         if n == 1:
             return candidates
         repeated_obs = observations.repeat_interleave(n, dim=0)
         scores = self.critic.q_min(repeated_obs, self.reencode(repeated_obs, candidates)).view(-1, n)
         best = scores.argmax(dim=1)
         return candidates.view(-1, n, self.latent_dim)[torch.arange(best.shape[0], device=best.device), best]
+
+    def _draw(self, denoiser, cond: torch.Tensor, n: int, clip: float | None,
+              generator: torch.Generator | None) -> torch.Tensor:
+        """[N*n, latent_dim]: n latents per row of `cond` [N, C] from the sampler with `denoiser`, a state's n adjacent."""
+        repeated_cond = cond.repeat_interleave(n, dim=0)
+        return self.diffusion.sample(
+            denoiser, repeated_cond, (repeated_cond.shape[0], self.latent_dim), self.n_sampling_steps,
+            sampler=self.sampler, eta=self.ddim_eta, temperature=self.sampling_temperature, clip=clip,
+            generator=generator,
+        )
 
     @property
     def deterministic_sampling(self) -> bool:
@@ -238,8 +264,46 @@ class DiffusionRL(nn.Module):
             generator: torch.Generator | None = None) -> torch.Tensor:
         """Normalized inputs -> normalized action chunks [N, K, A] in [-1, 1]; the sampler's noise from
         `generator` (default: the global RNG)."""
+        if self._expansion_active():
+            return self._expanded_act(observations, history_observations, history_actions, history_mask, generator)
         latents = self.sample_latents(observations, history_observations, history_actions, history_mask, generator)
         return self.decode_latents(observations, latents)
+
+    # --------------------------------------------------------------------------- policy expansion
+    def _expansion_active(self) -> bool:
+        return self.n_offline_candidates > 0 and bool(self.offline_policy_frozen)
+
+    def freeze_offline_policy(self, source: DiffusionRL) -> None:
+        """Copy `source`'s encoder, denoiser and VAE into the frozen offline policy, once: later calls, and
+        calls without policy expansion, change nothing."""
+        if self.n_offline_candidates == 0 or bool(self.offline_policy_frozen):
+            return
+        self.offline_policy["encoder"].load_state_dict(source.trajectory_encoder.state_dict())
+        self.offline_policy["denoiser"].load_state_dict(source.denoiser.state_dict())
+        self.offline_policy["vae"].load_state_dict(source.vae.state_dict())
+        self.offline_policy_frozen.fill_(True)
+
+    def _expanded_act(self, observations, history_observations, history_actions, history_mask,
+                      generator: torch.Generator | None) -> torch.Tensor:
+        """The best by min-Q of `n_action_samples` chunks per state: the first n - k from the trained policy,
+        the last k from the frozen offline policy (decoded by its own VAE); each chunk is scored on the
+        current VAE's latent for it, as `sample_latents` scores its candidates."""
+        n, k = self.n_action_samples, self.n_offline_candidates
+        cond = self.policy_condition(observations, history_observations, history_actions, history_mask)
+        own = self.decode_latents(observations.repeat_interleave(n - k, dim=0),
+                                  self._draw(self._chain_denoiser, cond, n - k, self.clip, generator))
+        frozen = self.offline_policy
+        frozen_cond = torch.cat([frozen["encoder"](history_observations, history_actions, history_mask),
+                                 observations], dim=-1)
+        bound = frozen["vae"].latent_bound
+        frozen_latents = self._draw(frozen["denoiser"], frozen_cond, k, self.clip, generator)
+        theirs = frozen["vae"].decode(observations.repeat_interleave(k, dim=0), frozen_latents.clamp(-bound, bound))
+        chunks = torch.cat([own.view(-1, n - k, *own.shape[1:]), theirs.view(-1, k, *theirs.shape[1:])], dim=1)
+        repeated_obs = observations.repeat_interleave(n, dim=0)
+        flat = chunks.flatten(0, 1)
+        scores = self.critic.q_min(repeated_obs, self.vae.encode(repeated_obs, flat)[0]).view(-1, n)
+        best = scores.argmax(dim=1)
+        return chunks[torch.arange(best.shape[0], device=best.device), best]
 
     # How the replay online mode (utils.OnlineReplayTrainer) collects: the evaluated policy itself, its
     # sampling noise (from the collection stream) the exploration.

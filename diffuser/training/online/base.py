@@ -99,6 +99,9 @@ class OnlineTrainer(Trainer):
         """`n_steps` environment steps with the current model (not the EMA) into the buffer; returns (the
         collector's decisions, the metrics of the episodes that ended)."""
         self.model.eval()
+        if hasattr(self.model, "freeze_offline_policy"):  # policy expansion: the EMA policy, frozen at the first
+            self.model.freeze_offline_policy(self.ema)     # collection (a no-op later and without the key)
+            self.ema.freeze_offline_policy(self.ema)
         decisions, returns = self.collector.collect(self.model, n_steps, self.rl_generator, self.buffer)
         self._rebuild_online_dataset()
         metrics = {}
