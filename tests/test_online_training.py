@@ -233,10 +233,12 @@ def test_online_state_round_trips_through_a_checkpoint(tmp_path, tiny_maze_data)
     assert (restored.collector.episode_ids < 0).all()
 
 
-def test_offline_phase_repeats_the_offline_twin_exactly(tmp_path, tiny_maze_data):
-    # the online trainer's extra networks must not draw from the training stream: before rl_warmup_steps an
-    # online cell trains exactly as the offline cell of the same seed, so the two pair up step for step
-    online = online_config(tmp_path)
+@pytest.mark.parametrize("extra", [{}, {"offline_policy_candidates": 1}])
+def test_offline_phase_repeats_the_offline_twin_exactly(tmp_path, tiny_maze_data, extra):
+    # the online trainer's extra networks (and policy expansion's frozen copy) must not draw from the training
+    # stream: before rl_warmup_steps an online cell trains exactly as the offline cell of the same seed, so the
+    # two pair up step for step
+    online = online_config(tmp_path, **extra)
     offline = {**online, "online_training": False}
 
     def three_steps(trainer):
