@@ -29,6 +29,9 @@ stands (the EMA's encoder, denoiser and VAE) is copied and frozen; from then on 
 candidates per decision come from that frozen offline policy and the rest from the policy training goes on
 with, and the critic picks among all of them, when collecting and when evaluated. Where online training
 loses something the offline policy did well, the critic can still choose the offline policy's action there.
+Two departures from PEX: its policy set picks by sampling in proportion to exp(Q / temperature), here by
+the argmax over candidates DiffusionRL already uses; and its new policy starts fresh, here training goes on
+from the offline weights.
 """
 
 from __future__ import annotations
