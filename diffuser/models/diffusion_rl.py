@@ -27,7 +27,8 @@ Policy expansion (`offline_policy_candidates` k > 0, online only; Zhang, Xu and 
 Bridging Offline-to-Online Reinforcement Learning", ICLR 2023): at the first collection the policy as it
 stands (the EMA's encoder, denoiser and VAE) is copied and frozen; from then on k of the `n_action_samples`
 candidates per decision come from that frozen offline policy and the rest from the policy training goes on
-with, and the critic picks among all of them, when collecting and when evaluated. Where online training
+with, and the critic picks among all of them when evaluated and when the replay mode collects (the PPO
+mode collects with the chain policy, which expansion leaves alone). Where online training
 loses something the offline policy did well, the critic can still choose the offline policy's action there.
 Two departures from PEX: its policy set picks by sampling in proportion to exp(Q / temperature), here by
 the argmax over candidates DiffusionRL already uses; and its new policy starts fresh, here training goes on
