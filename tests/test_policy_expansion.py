@@ -105,3 +105,20 @@ def test_the_trainer_freezes_the_ema_policy_at_the_first_collection_and_training
 def test_impossible_expansion_is_refused_before_training(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         cell_config(tmp_path, **{"diffusion": "models.DiffusionRL", "trainer": None, **overrides})
+
+
+def test_a_resumed_run_keeps_the_frozen_policy_of_the_first_collection(tmp_path, tiny_maze_data):
+    from diffuser.training.checkpoints import latest_checkpoint, load_checkpoint
+
+    config = cell_config(tmp_path, diffusion="models.DiffusionRL", trainer=REPLAY, offline_policy_candidates=1)
+    trainer = make_trainer(config, tiny_maze_data, tmp_path / "run")
+    trainer.train()  # two collections; the copy is taken at the first
+    frozen = trainer.ema.offline_policy.state_dict()
+    assert not torch.equal(frozen["denoiser.input.weight"], trainer.ema.denoiser.input.weight)
+    restored = make_trainer(config, tiny_maze_data, tmp_path / "other")
+    restored.load_state_dict(load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints")))
+    restored.collect(7)  # a collection after the resume must not take a new copy
+    for model in (restored.model, restored.ema):
+        assert model._expansion_active()
+        for name, value in model.offline_policy.state_dict().items():
+            assert torch.equal(value, frozen[name]), name
