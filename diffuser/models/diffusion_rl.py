@@ -67,6 +67,12 @@ CHAIN_LOG_STD_RANGE = (0.0, 2.0)
 MAX_ADVANTAGE_WEIGHT = 100.0
 
 
+def best_candidates(candidates: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """[N, ...]: each state's candidate (of `candidates` [N, n, ...]) with the highest of its `scores` [N, n]."""
+    best = scores.argmax(dim=1)
+    return candidates[torch.arange(best.shape[0], device=best.device), best]
+
+
 @dataclass(frozen=True)
 class DiffusionRLConfig(Settings):
     # the action VAE
@@ -230,8 +236,7 @@ class DiffusionRL(nn.Module):
             return candidates
         repeated_obs = observations.repeat_interleave(n, dim=0)
         scores = self.critic.q_min(repeated_obs, self.reencode(repeated_obs, candidates)).view(-1, n)
-        best = scores.argmax(dim=1)
-        return candidates.view(-1, n, self.latent_dim)[torch.arange(best.shape[0], device=best.device), best]
+        return best_candidates(candidates.view(-1, n, self.latent_dim), scores)
 
     def _draw(self, denoiser, cond: torch.Tensor, n: int, clip: float | None,
               generator: torch.Generator | None) -> torch.Tensor:
@@ -306,8 +311,7 @@ class DiffusionRL(nn.Module):
         repeated_obs = observations.repeat_interleave(n, dim=0)
         flat = chunks.flatten(0, 1)
         scores = self.critic.q_min(repeated_obs, self.vae.encode(repeated_obs, flat)[0]).view(-1, n)
-        best = scores.argmax(dim=1)
-        return chunks[torch.arange(best.shape[0], device=best.device), best]
+        return best_candidates(chunks, scores)
 
     # How the replay online mode (utils.OnlineReplayTrainer) collects: the evaluated policy itself, its
     # sampling noise (from the collection stream) the exploration.
