@@ -453,6 +453,10 @@ def _cell_problems(config: dict) -> list[str]:
                         f"{model} would ignore it; set online_imitation: all.")
     if config["offline_policy_candidates"]:
         problems.extend(_expansion_problems(config, online, model))
+    elif config["offline_policy_value_gate"] is not None:
+        problems.append(f"offline_policy_value_gate ({config['offline_policy_value_gate']}) chooses between the frozen "
+                        "offline policy and the trained one, which needs offline_policy_candidates above 0; set "
+                        "offline_policy_candidates (e.g. half of n_action_samples) or offline_policy_value_gate: null.")
     if online and model == "models.BC":
         problems.append("models.BC has no online mode; set online_training: false, or diffusion: models.DiffusionRL "
                         "(or models.IQL, models.FQL) for online + offline.")

@@ -61,6 +61,40 @@ def test_the_critic_picks_between_the_frozen_and_the_trained_policy(monkeypatch,
     assert after.shape == (6, model.vae.action_horizon, ACTION_DIM) and after.abs().max() <= 1.0
 
 
+@pytest.mark.parametrize("q_prefers_frozen", [True, False])
+def test_the_value_gate_lets_the_trained_policy_act_where_v_reaches_it_and_the_frozen_one_elsewhere(
+        monkeypatch, q_prefers_frozen):
+    torch.manual_seed(0)
+    model = DiffusionRL(OBS_DIM, ACTION_DIM, tiny_config(**ONLINE, offline_policy_value_gate=1.5)).eval()
+    model.freeze_offline_policy(model)
+    prefer_candidates(model, monkeypatch, q_prefers_frozen)  # Q's preference must not matter under the gate
+    values = torch.tensor([3.0, 1.5, 0.0, -2.0, 1.49, 7.0])  # V(s) of the 6 states: at or above 1.5 -> trained
+    monkeypatch.setattr(model.critic, "v", lambda observations: values.view(-1, 1))
+    batch = synthetic_batch(6)
+    before = act(model, batch)
+    model.denoiser.input.weight.data.add_(1.0)
+    model.vae.decoder[0].weight.data.add_(1.0)
+    changed = (act(model, batch) != before).flatten(1).any(dim=1)
+    # only the trained policy's chunks depend on the trained weights
+    assert changed.tolist() == (values >= 1.5).tolist()
+
+
+def test_collection_ignores_the_value_gate_and_lets_q_choose(monkeypatch):
+    torch.manual_seed(0)
+    model = DiffusionRL(OBS_DIM, ACTION_DIM, tiny_config(**ONLINE, offline_policy_value_gate=1.5)).eval()
+    model.freeze_offline_policy(model)
+    prefer_candidates(model, monkeypatch, frozen=False)  # Q prefers the trained policy's candidates
+    monkeypatch.setattr(model.critic, "v", lambda observations: torch.full((observations.shape[0], 1), -5.0))
+    batch = synthetic_batch(4)
+    generator = torch.Generator().manual_seed(1)
+    explored = model.explore(*act_inputs(batch), generator=generator)
+    acted = act(model, batch)  # V below the gate everywhere: the frozen policy acts
+    model.denoiser.input.weight.data.add_(1.0)
+    model.vae.decoder[0].weight.data.add_(1.0)
+    assert (model.explore(*act_inputs(batch), generator=torch.Generator().manual_seed(1)) != explored).flatten(1).any(1).all()
+    assert torch.equal(act(model, batch), acted)
+
+
 def test_freezing_happens_once_and_the_state_round_trips():
     model = frozen_model()
     snapshot = {name: value.clone() for name, value in model.offline_policy.state_dict().items()}
@@ -101,6 +135,7 @@ def test_the_trainer_freezes_the_ema_policy_at_the_first_collection_and_training
     ({"offline_policy_candidates": 4, "online_training": False}, "which this cell never does"),
     ({"offline_policy_candidates": 4, "diffusion": "models.IQL"}, "which this cell never does"),
     ({"offline_policy_candidates": 4, "sampling_temperature": 0.0}, "needs the critic to choose"),
+    ({"offline_policy_value_gate": 10.0}, r"needs offline_policy_candidates above 0"),
 ])
 def test_impossible_expansion_is_refused_before_training(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):

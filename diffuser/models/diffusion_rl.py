@@ -32,7 +32,13 @@ mode collects with the chain policy, which expansion leaves alone). Where online
 loses something the offline policy did well, the critic can still choose the offline policy's action there.
 Two departures from PEX: its policy set picks by sampling in proportion to exp(Q / temperature), here by
 the argmax over candidates DiffusionRL already uses; and its new policy starts fresh, here training goes on
-from the offline weights.
+from the offline weights. With `offline_policy_value_gate` g the choice between the two policies is made by
+the state instead of by Q when the policy is evaluated: where the critic's V(s) is at least g the trained
+policy acts (the best of its candidates by Q), below g the frozen one does; collection (`explore`) keeps
+Q's choice among all candidates, so the trained policy still gathers its own data everywhere. Online
+training sharpens the critic where the policy earns reward (near the goal of a maze) and leaves it flat
+elsewhere, where Q's choice between the two policies is noise; there the offline policy, which online
+training has not narrowed, keeps its way round walls.
 """
 
 from __future__ import annotations
@@ -107,6 +113,7 @@ class DiffusionRLConfig(Settings):
     online_training: bool
     ft_denoising_steps: int
     offline_policy_candidates: int
+    offline_policy_value_gate: float | None
 
 
 class DiffusionRL(nn.Module):
@@ -156,6 +163,7 @@ class DiffusionRL(nn.Module):
         # Policy expansion: the frozen offline policy, set by `freeze_offline_policy` at the first collection;
         # built on a forked RNG for the same reason.
         self.n_offline_candidates = cfg.offline_policy_candidates if cfg.online_training else 0
+        self.value_gate = cfg.offline_policy_value_gate if self.n_offline_candidates else None
         if self.n_offline_candidates > 0:
             with torch.random.fork_rng(devices=[]):
                 self.offline_policy = nn.ModuleDict({
@@ -274,9 +282,22 @@ class DiffusionRL(nn.Module):
         """Normalized inputs -> normalized action chunks [N, K, A] in [-1, 1]; the sampler's noise from
         `generator` (default: the global RNG)."""
         if self._expansion_active():
-            return self._expanded_act(observations, history_observations, history_actions, history_mask, generator)
+            return self._expanded_act(observations, history_observations, history_actions, history_mask, generator,
+                                      self.value_gate)
         latents = self.sample_latents(observations, history_observations, history_actions, history_mask, generator)
         return self.decode_latents(observations, latents)
+
+    @torch.no_grad()
+    def explore(self, observations, history_observations, history_actions, history_mask,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """How the replay online mode (utils.OnlineReplayTrainer) collects: as `act`, its sampling noise (from
+        the collection stream) the exploration, except that under policy expansion Q picks among all
+        candidates of both policies (no value gate), so the trained policy keeps acting, and learning from
+        its own steps, wherever Q rates its candidates higher."""
+        if self._expansion_active():
+            return self._expanded_act(observations, history_observations, history_actions, history_mask, generator,
+                                      None)
+        return self.act(observations, history_observations, history_actions, history_mask, generator)
 
     # --------------------------------------------------------------------------- policy expansion
     def _expansion_active(self) -> bool:
@@ -293,10 +314,11 @@ class DiffusionRL(nn.Module):
         self.offline_policy_frozen.fill_(True)
 
     def _expanded_act(self, observations, history_observations, history_actions, history_mask,
-                      generator: torch.Generator | None) -> torch.Tensor:
+                      generator: torch.Generator | None, gate: float | None) -> torch.Tensor:
         """The best by min-Q of `n_action_samples` chunks per state: the first n - k from the trained policy,
         the last k from the frozen offline policy (decoded by its own VAE); each chunk is scored on the
-        current VAE's latent for it, as `sample_latents` scores its candidates."""
+        current VAE's latent for it, as `sample_latents` scores its candidates. With a `gate`, only the
+        trained policy's candidates where V(s) >= gate, only the frozen policy's below."""
         n, k = self.n_action_samples, self.n_offline_candidates
         cond = self.policy_condition(observations, history_observations, history_actions, history_mask)
         own = self.decode_latents(observations.repeat_interleave(n - k, dim=0),
@@ -311,11 +333,16 @@ class DiffusionRL(nn.Module):
         repeated_obs = observations.repeat_interleave(n, dim=0)
         flat = chunks.flatten(0, 1)
         scores = self.critic.q_min(repeated_obs, self.vae.encode(repeated_obs, flat)[0]).view(-1, n)
+        if gate is not None:
+            scores = scores.masked_fill(~self._gate_allows(observations, n, k, gate), float("-inf"))
         return best_candidates(chunks, scores)
 
-    # How the replay online mode (utils.OnlineReplayTrainer) collects: the evaluated policy itself, its
-    # sampling noise (from the collection stream) the exploration.
-    explore = act
+    def _gate_allows(self, observations: torch.Tensor, n: int, k: int, gate: float) -> torch.Tensor:
+        """[N, n]: the candidates each state may take under the value gate: the trained policy's (the first
+        n - k) where the critic's V(s) is at least the gate, the frozen policy's (the last k) below it."""
+        trained_acts = self.critic.v(observations).view(-1, 1) >= gate
+        trained_candidate = torch.arange(n, device=observations.device) < n - k
+        return trained_candidate == trained_acts
 
     # ------------------------------------------------------- the denoising chain as a Gaussian policy
     @property
