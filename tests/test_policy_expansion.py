@@ -86,12 +86,14 @@ def test_collection_ignores_the_value_gate_and_lets_q_choose(monkeypatch):
     prefer_candidates(model, monkeypatch, frozen=False)  # Q prefers the trained policy's candidates
     monkeypatch.setattr(model.critic, "v", lambda observations: torch.full((observations.shape[0], 1), -5.0))
     batch = synthetic_batch(4)
-    generator = torch.Generator().manual_seed(1)
-    explored = model.explore(*act_inputs(batch), generator=generator)
-    acted = act(model, batch)  # V below the gate everywhere: the frozen policy acts
+
+    def explore():
+        return model.explore(*act_inputs(batch), generator=torch.Generator().manual_seed(1))
+
+    explored, acted = explore(), act(model, batch)  # act: V below the gate everywhere, the frozen policy acts
     model.denoiser.input.weight.data.add_(1.0)
     model.vae.decoder[0].weight.data.add_(1.0)
-    assert (model.explore(*act_inputs(batch), generator=torch.Generator().manual_seed(1)) != explored).flatten(1).any(1).all()
+    assert (explore() != explored).flatten(1).any(dim=1).all()  # every state collected with the trained policy
     assert torch.equal(act(model, batch), acted)
 
 
