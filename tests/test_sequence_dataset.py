@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from diffuser.datasets.episodes import compute_stats, save_processed
-from diffuser.datasets.sequence import VAESequenceDataset, discounted_returns_to_go
+from diffuser.datasets.sequence import VAESequenceDataset, discounted_return_floors, discounted_returns_to_go
 
 OBS_DIM, ACTION_DIM = 3, 2
 # Varied lengths with length-1 episodes at the start, in the middle and next to each other.
@@ -83,6 +83,9 @@ def reference_item(arrays, dataset, t: int) -> dict:
             mask[j] = True
     scaled = dataset.reward_scale * arrays["rewards"].astype(np.float64)
     returns = sum(dataset.discount ** (u - t) * scaled[u] for u in range(t, stop))
+    # cut short (a timeout, or the data's end): the worst rest, every later step at the lowest reward (or 0)
+    rest = 0.0 if arrays["terminals"][stop - 1] else (
+        dataset.discount ** (stop - t) * min(scaled.min(), 0.0) / (1 - dataset.discount))
     return {
         "history_observations": history_obs,
         "history_actions": history_act,
@@ -93,6 +96,7 @@ def reference_item(arrays, dataset, t: int) -> dict:
         "next_observations": obs_norm(arrays["next_observations"][t + K - 1]),
         "dones": float(any(arrays["terminals"][t + k] for k in range(K))),
         "returns_to_go": returns,
+        "return_floors": returns + rest,
     }
 
 
@@ -132,6 +136,7 @@ def test_batch_has_the_contract_shapes_and_dtypes():
         "next_observations": (5, OBS_DIM),
         "dones": (5,),
         "returns_to_go": (5,),
+        "return_floors": (5,),
     }
     assert {key: tuple(value.shape) for key, value in batch.items()} == shapes
     assert batch["history_mask"].dtype == torch.bool
@@ -193,6 +198,31 @@ def test_returns_to_go_match_a_direct_sum_per_episode():
         for t in range(start, stop):
             expected.append(sum(0.97 ** (u - t) * rewards[u] for u in range(t, stop)))
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_return_floors_bound_every_continuation_of_a_cut_episode_from_below():
+    """A timeout-cut episode, continued in any way whose rewards stay at or above the floor, returns at least
+    its floor; the tightest continuation (all steps at the floor) returns exactly it; an episode ending in a
+    terminal has the exact return as floor. A given reward_floor (the offline data's) replaces the data's own."""
+    rng = np.random.default_rng(4)
+    rewards = -rng.uniform(0.0, 1.0, size=30)  # one 20-step cut episode, one 10-step one ending in a terminal
+    terminals = np.zeros(30, dtype=bool)
+    terminals[29] = True
+    floors = discounted_return_floors(rewards, terminals, np.array([20, 10]), 0.9, -1.0)
+    np.testing.assert_allclose(floors[20:], discounted_returns_to_go(rewards[20:], np.array([10]), 0.9))
+    for _ in range(20):
+        rest = -rng.uniform(0.0, 1.0, size=400)
+        continued = discounted_returns_to_go(np.concatenate([rewards[:20], rest]), np.array([420]), 0.9)[:20]
+        assert np.all(continued >= floors[:20] - 1e-9)
+    worst = discounted_returns_to_go(np.concatenate([rewards[:20], -np.ones(400)]), np.array([420]), 0.9)[:20]
+    np.testing.assert_allclose(worst, floors[:20], atol=1e-6)
+
+    arrays, metadata = synthetic()
+    own, given = make_dataset((arrays, metadata)), make_dataset((arrays, metadata), reward_floor=-50.0)
+    assert own.reward_floor == pytest.approx(2.0 * arrays["rewards"].min())
+    cut = ~arrays["terminals"][np.repeat(np.cumsum(EPISODE_LENGTHS) - 1, EPISODE_LENGTHS)][own.valid_steps.numpy()]
+    assert torch.all(given._return_floors[cut] < own._return_floors[cut])
+    assert torch.equal(given._return_floors[~cut], own._return_floors[~cut])
 
 
 def test_sample_is_deterministic_for_a_generator_seed():

@@ -5,7 +5,15 @@ gathers and no Python loop over its items:
 - observations and actions are normalized once into contiguous tensors on `device`, with one zero row
   in front; a history step before its episode's start is pointed at that row, which makes it zero;
 - the valid steps t (those with t + action_horizon - 1 inside their episode), each one's episode
-  start, its `dones` flag and its discounted return-to-go are precomputed per valid step.
+  start, its `dones` flag, its discounted return-to-go and that return's lower bound (below) are
+  precomputed per valid step.
+
+The return floor of step t is a lower bound on the discounted return of taking the data's actions from
+t on: the return-to-go where the episode ends in a terminal (it is then the exact return), and where it
+was cut short (a timeout, or an online episode still running) the return-to-go plus the worst possible
+rest, discount^(steps left) * reward_floor / (1 - discount), reward_floor being the lowest per-step reward
+there can be (by default the lowest in the data, or 0 if that is above 0). `critic_return_floor` holds the critic's TD target
+above it (critics.py).
 The batch contract (keys, shapes, meaning) is in docs/INTERFACES.md.
 """
 
@@ -39,6 +47,22 @@ def discounted_returns_to_go(rewards: np.ndarray, episode_lengths: np.ndarray, d
     return returns
 
 
+def discounted_return_floors(rewards: np.ndarray, terminals: np.ndarray, episode_lengths: np.ndarray,
+                             discount: float, reward_floor: float) -> np.ndarray:
+    """For every step t, a lower bound on the discounted return from t (module docstring): the
+    return-to-go, plus discount^(steps from t to one past the episode's end) * reward_floor / (1 - discount)
+    where the episode does not end in a terminal (-inf there at discount 1, where the rest is unbounded)."""
+    returns = discounted_returns_to_go(rewards, episode_lengths, discount)
+    ends = np.repeat(np.cumsum(episode_lengths) - 1, episode_lengths)  # each step's episode's last step
+    cut_short = ~np.asarray(terminals, dtype=bool)[ends]
+    steps_left = ends - np.arange(len(ends)) + 1
+    if discount < 1:
+        rest = discount**steps_left * reward_floor / (1.0 - discount)
+    else:
+        rest = np.full(len(ends), -np.inf if reward_floor < 0 else 0.0)
+    return returns + np.where(cut_short, rest, 0.0)
+
+
 def _read_source(source) -> tuple[dict, dict]:
     if isinstance(source, (str, os.PathLike)):
         from diffuser.datasets.episodes import load_processed
@@ -70,8 +94,11 @@ class VAESequenceDataset:
         discount: float,
         reward_scale: float,
         normalizer: str,
+        reward_floor: float | None = None,
         device="cpu",
     ):
+        """`reward_floor`: the lowest reward_scale * r any step can have, for the return floors (module
+        docstring); None: the lowest in this data (0 if that is above 0). A dataset of online steps passes its offline one's."""
         if history_horizon < 0 or action_horizon < 1:
             raise ValueError(
                 f"history_horizon must be >= 0 and action_horizon >= 1, got {history_horizon} and {action_horizon}."
@@ -101,6 +128,8 @@ class VAESequenceDataset:
         dones = terminals_before[valid_steps + action_horizon] > terminals_before[valid_steps]
         rewards = reward_scale * np.asarray(arrays["rewards"], dtype=np.float32)
         returns = discounted_returns_to_go(rewards, lengths, discount)[valid_steps]
+        self.reward_floor = float(rewards.min(initial=0.0)) if reward_floor is None else float(reward_floor)
+        floors = discounted_return_floors(rewards, arrays["terminals"], lengths, discount, self.reward_floor)
 
         obs_normalizer, action_normalizer = self.normalizers["observations"], self.normalizers["actions"]
         self._observations = self._padded(
@@ -113,6 +142,7 @@ class VAESequenceDataset:
         self._valid_episode_starts = torch.as_tensor(step_start[valid_steps], device=self.device)
         self._dones = self._tensor(dones)
         self._returns_to_go = self._tensor(returns)
+        self._return_floors = self._tensor(floors[valid_steps])
         self._history_offsets = torch.arange(-history_horizon, 0, device=self.device)
         self._chunk_offsets = torch.arange(action_horizon, device=self.device)
 
@@ -149,4 +179,5 @@ class VAESequenceDataset:
             "next_observations": self._next_observations[steps + self.action_horizon - 1],
             "dones": self._dones[positions],
             "returns_to_go": self._returns_to_go[positions],
+            "return_floors": self._return_floors[positions],
         }

@@ -6,6 +6,13 @@ of the best in-distribution action, and Q bootstraps from V(s'). The latents z_d
 encoder's means of the dataset's action chunks, detached by the caller, so the critic cannot move
 the VAE. A chunk of K actions is one decision: its reward is the discounted sum over the chunk and
 it bootstraps with discount^K.
+
+With return floors (`critic_return_floor`; the batch's `return_floors`, datasets/sequence.py), the TD
+target is held at or above a Monte Carlo lower bound on the return of the data's own actions from the
+state on, max(TD target, floor), as in MCAC (Wilcox et al., "Monte Carlo Augmented Actor-Critic for Sparse
+Reward Deep RL from Suboptimal Demonstrations", NeurIPS 2022). Bootstrapping carries a sparse reward back
+one chunk per round of target updates; the floor carries it at once along every recorded path that reached
+it, which is what a goal hundreds of steps away needs.
 """
 
 from __future__ import annotations
@@ -101,10 +108,19 @@ class IQLCritic(nn.Module):
         values = self.v(observations)
         return expectile_loss(target - values, self.expectile), (target - values).detach()
 
-    def q_loss(self, observations, latents, rewards, next_observations, dones) -> torch.Tensor:
-        """MSE of both Q(s, z_data) toward the TD target (rewards [B, K], dones [B])."""
+    def q_loss(self, observations, latents, rewards, next_observations, dones, floors=None) -> torch.Tensor:
+        """MSE of both Q(s, z_data) toward the TD target (rewards [B, K], dones [B]), or toward
+        max(TD target, floor) with return `floors` [B]."""
+        return self.q_loss_and_floor_share(observations, latents, rewards, next_observations, dones, floors)[0]
+
+    def q_loss_and_floor_share(self, observations, latents, rewards, next_observations, dones, floors=None):
+        """(the Q loss, the share of rows whose target the floors raised above the TD target: 0 without)."""
         target = self.td_target(rewards, next_observations, dones)
-        return torch.mean((self.q(observations, latents) - target[None]) ** 2)
+        raised = torch.zeros((), device=target.device)
+        if floors is not None:
+            raised = (floors > target).float().mean()
+            target = torch.maximum(target, floors)
+        return torch.mean((self.q(observations, latents) - target[None]) ** 2), raised
 
     @torch.no_grad()
     def update_targets(self) -> None:

@@ -109,6 +109,7 @@ class DiffusionRLConfig(Settings):
     expectile: float
     discount: float
     target_update_rate: float
+    critic_return_floor: bool
     # online fine-tuning
     online_training: bool
     ft_denoising_steps: int
@@ -131,6 +132,7 @@ class DiffusionRL(nn.Module):
         self.min_policy_std = cfg.min_policy_std
         self.n_action_samples = cfg.n_action_samples
         self.advantage_weight_beta = cfg.advantage_weight_beta
+        self.return_floor = cfg.critic_return_floor
         self.vae = self.build_vae(obs_dim, action_dim, cfg)
         self.latent_dim = self.vae.latent_dim
         self.clip = self.vae.latent_bound if cfg.clip_denoised else None
@@ -207,8 +209,11 @@ class DiffusionRL(nn.Module):
             terms["advantage_weight_ess"] = weights.sum() ** 2 / (weights.numel() * (weights**2).sum())
         total = terms["diffusion_loss"] + self.vae_weight * vae_loss
         if self.critic is not None:
-            terms["q_loss"] = self.critic.q_loss(observations, latents, batch["rewards"],
-                                                 batch["next_observations"], batch["dones"])
+            terms["q_loss"], floor_share = self.critic.q_loss_and_floor_share(
+                observations, latents, batch["rewards"], batch["next_observations"], batch["dones"],
+                batch["return_floors"] if self.return_floor else None)
+            if self.return_floor:
+                terms["return_floor_share"] = floor_share
             total = total + terms["value_loss"] + terms["q_loss"]
         terms["loss"] = total
         return total, terms

@@ -49,6 +49,7 @@ class IQLConfig(Settings):
     advantage_weight_beta: float
     discount: float
     target_update_rate: float
+    critic_return_floor: bool
 
 
 class IQL(nn.Module):
@@ -61,6 +62,7 @@ class IQL(nn.Module):
         self.action_horizon = cfg.action_horizon
         self.action_dim = action_dim
         self.beta = cfg.advantage_weight_beta
+        self.return_floor = cfg.critic_return_floor
         # read by the Trainer: IQL trains at its published learning rate, not the diffusion models' one
         self.learning_rate = cfg.iql_learning_rate
         chunk_dim = cfg.action_horizon * action_dim
@@ -90,12 +92,16 @@ class IQL(nn.Module):
         observations = batch["observations"]
         actions = batch["actions"].flatten(1)  # [B, K*A]: a chunk is one action of the critic
         value_loss = self.critic.value_loss(observations, actions)
-        q_loss = self.critic.q_loss(observations, actions, batch["rewards"], batch["next_observations"],
-                                    batch["dones"])
+        q_loss, floor_share = self.critic.q_loss_and_floor_share(
+            observations, actions, batch["rewards"], batch["next_observations"], batch["dones"],
+            batch["return_floors"] if self.return_floor else None)
         weights = self.advantage_weights(observations, actions)
         actor_loss = -torch.mean(weights * self.log_prob(observations, batch["actions"]))
         total = actor_loss + value_loss + q_loss
-        return total, {"loss": total, "actor_loss": actor_loss, "value_loss": value_loss, "q_loss": q_loss}
+        terms = {"loss": total, "actor_loss": actor_loss, "value_loss": value_loss, "q_loss": q_loss}
+        if self.return_floor:
+            terms["return_floor_share"] = floor_share
+        return total, terms
 
     @torch.no_grad()
     def act(self, observations, history_observations, history_actions, history_mask) -> torch.Tensor:

@@ -14,14 +14,15 @@ from diffuser.training.online.buffer import OnlineBuffer
 def online_sequence_dataset(buffer: OnlineBuffer, offline: VAESequenceDataset, config: dict,
                             device, relabel: Callable[[dict], dict] | None = None) -> VAESequenceDataset | None:
     """The buffer's steps as a dataset of the offline one's kind, normalized with the offline statistics
-    (its metadata), with `relabel`'s copies of its episodes added when given (relabel.py); None until some
+    (its metadata) and with its reward floor (sequence.py), with `relabel`'s copies of its episodes added when given (relabel.py); None until some
     episode in it is at least one action chunk long."""
     arrays = buffer.arrays() if len(buffer) else None
     if arrays is None or arrays["episode_lengths"].max() < config["action_horizon"]:
         return None
     if relabel is not None:
         arrays = relabel(arrays)
-    return VAESequenceDataset((arrays, offline.metadata), **sequence_settings(config), device=device)
+    return VAESequenceDataset((arrays, offline.metadata), **sequence_settings(config),
+                              reward_floor=offline.reward_floor, device=device)
 
 
 def online_row_count(online: VAESequenceDataset | None, online_fraction: float, batch_size: int) -> int:
