@@ -84,6 +84,56 @@ def test_td_target_discounts_the_chunk_and_bootstraps_unless_done():
     torch.testing.assert_close(target, expected)
 
 
+def test_floors_raise_the_targets_below_them_only():
+    critic = IQLCritic(3, 2, hidden_dim=16, expectile=0.7, discount=0.9, action_horizon=1, target_update_rate=0.005)
+    last = critic.value[-1]
+    torch.nn.init.zeros_(last.weight)
+    torch.nn.init.constant_(last.bias, 10.0)  # V(s') = 10: TD targets 1 + 9 = 10
+    observations, latents = torch.randn(2, 3), torch.randn(2, 2)
+    rewards, next_observations, dones = torch.ones(2, 1), torch.randn(2, 3), torch.zeros(2)
+    floors = torch.tensor([25.0, -float("inf")])  # raises row 0 to 25, leaves row 1 at its TD target
+    loss, share = critic.q_loss_and_floor_share(observations, latents, rewards, next_observations, dones, floors)
+    with torch.no_grad():
+        q = critic.q(observations, latents)
+    torch.testing.assert_close(loss, torch.mean((q - torch.tensor([25.0, 10.0])) ** 2))
+    assert share.item() == 0.5
+    plain, no_share = critic.q_loss_and_floor_share(observations, latents, rewards, next_observations, dones)
+    torch.testing.assert_close(plain, torch.mean((q - 10.0) ** 2))
+    assert no_share.item() == 0.0
+
+
+# cells of the corridor the return-floor learning test walks down
+CORRIDOR = 30
+
+def corridor_value_at_start(use_floors: bool, steps: int = 300) -> tuple[float, float]:
+    """(V at the first cell, its true value) after training the critic on one recorded walk down a
+    corridor of CORRIDOR cells, reward 1 on the last step (a terminal), 0 before."""
+    torch.manual_seed(0)
+    n, discount = CORRIDOR, 0.99
+    critic = IQLCritic(n, 1, hidden_dim=32, expectile=0.7, discount=discount, action_horizon=1, target_update_rate=0.05)
+    observations, latents = torch.eye(n), torch.zeros(n, 1)
+    next_observations = torch.cat([observations[1:], observations[-1:]])
+    rewards, dones = torch.zeros(n, 1), torch.zeros(n)
+    rewards[-1, 0], dones[-1] = 1.0, 1.0
+    returns = discount ** torch.arange(n - 1, -1, -1, dtype=torch.float32)  # the walk's return from each cell
+    optimizer = torch.optim.Adam(list(critic.q.parameters()) + list(critic.value.parameters()), lr=3e-3)
+    for _ in range(steps):
+        loss = critic.value_loss(observations, latents) + critic.q_loss(
+            observations, latents, rewards, next_observations, dones, returns if use_floors else None)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        critic.update_targets()
+    return critic.v(observations[:1]).item(), returns[0].item()
+
+
+def test_return_floors_carry_a_far_reward_back_where_bootstrapping_has_not_yet():
+    floored, true_value = corridor_value_at_start(True)
+    bootstrapped, _ = corridor_value_at_start(False)
+    assert abs(floored - true_value) < 0.1, (floored, true_value)
+    assert bootstrapped < 0.3 * true_value, (bootstrapped, true_value)
+
+
 def test_targets_move_toward_the_online_q_by_the_polyak_rate():
     torch.manual_seed(0)
     critic = IQLCritic(3, 2, hidden_dim=16, expectile=0.7, discount=0.9, action_horizon=1, target_update_rate=0.1)

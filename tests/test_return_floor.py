@@ -1,0 +1,51 @@
+"""`critic_return_floor`: models.DiffusionRL and models.IQL hold their critic's Q target at or above the
+batch's return floors (the learning itself: tests/test_critics.py; the floors: tests/test_sequence_dataset.py),
+and the key is refused where no IQL critic would read it."""
+
+import pytest
+import torch
+from test_diffusion_rl import ACTION_DIM, OBS_DIM, synthetic_batch, tiny_config
+from test_online_baselines import cell_config
+
+from diffuser.config import ConfigError
+from diffuser.models import IQL, DiffusionRL
+
+
+def q_loss_and_terms(model_class, floors: float | None, **overrides):
+    torch.manual_seed(0)
+    model = model_class(OBS_DIM, ACTION_DIM, tiny_config(**overrides))
+    batch = synthetic_batch()
+    if floors is not None:
+        batch["return_floors"] = torch.full((len(batch["dones"]),), floors)
+    torch.manual_seed(123)
+    return model.loss(batch)[1]
+
+
+@pytest.mark.parametrize("model_class", [DiffusionRL, IQL])
+def test_floors_above_every_td_target_raise_every_target(model_class):
+    plain = q_loss_and_terms(model_class, None)
+    assert "return_floor_share" not in plain
+    floored = q_loss_and_terms(model_class, 1e3, critic_return_floor=True)
+    assert floored["return_floor_share"].item() == 1.0
+    # every target is 1e3: the untrained Q's squared error to it, not to the TD target near 0
+    assert floored["q_loss"] > 1e5 > plain["q_loss"]
+    # floors below every TD target leave the loss as it was
+    low = q_loss_and_terms(model_class, -1e3, critic_return_floor=True)
+    assert low["return_floor_share"].item() == 0.0
+    torch.testing.assert_close(low["q_loss"], plain["q_loss"])
+
+
+@pytest.mark.parametrize("overrides", [
+    {"diffusion": "models.BC"},
+    {"diffusion": "models.FQL"},
+    {"diffusion": "models.DiffusionRL", "use_value_function": False},
+])
+def test_the_key_is_refused_where_no_iql_critic_reads_it(tmp_path, overrides):
+    with pytest.raises(ConfigError, match="critic_return_floor raises the IQL critic's Q targets"):
+        cell_config(tmp_path, **{"trainer": None, "online_training": False, "critic_return_floor": True, **overrides})
+
+
+@pytest.mark.parametrize("model", ["models.DiffusionRL", "models.IQL"])
+def test_the_key_is_accepted_where_an_iql_critic_reads_it(tmp_path, model):
+    config = cell_config(tmp_path, diffusion=model, trainer=None, online_training=False, critic_return_floor=True)
+    assert config["critic_return_floor"] is True
