@@ -5,7 +5,7 @@ and the key is refused where no IQL critic would read it."""
 import pytest
 import torch
 from test_diffusion_rl import ACTION_DIM, OBS_DIM, synthetic_batch, tiny_config
-from test_online_baselines import cell_config
+from test_online_baselines import REPLAY, cell_config, make_trainer
 
 from diffuser.config import ConfigError
 from diffuser.models import IQL, DiffusionRL
@@ -49,3 +49,20 @@ def test_the_key_is_refused_where_no_iql_critic_reads_it(tmp_path, overrides):
 def test_the_key_is_accepted_where_an_iql_critic_reads_it(tmp_path, model):
     config = cell_config(tmp_path, diffusion=model, trainer=None, online_training=False, critic_return_floor=True)
     assert config["critic_return_floor"] is True
+
+
+def test_online_rows_are_floored_with_the_offline_datas_lowest_reward(tmp_path, tiny_maze_data):
+    """The online data's floors use the offline data's reward floor (online episodes may not yet have met
+    the lowest reward), and a training step on a mixed batch reads them."""
+    config = cell_config(tmp_path, diffusion="models.DiffusionRL", trainer=REPLAY, critic_return_floor=True,
+                         online_sample_fraction=0.5, batch_size=16)
+    trainer = make_trainer(config, tiny_maze_data, tmp_path / "run")
+    trainer.dataset.reward_floor = -5.0  # as if the offline data held a reward of -5; the maze's are 0 and 1
+    trainer.collect(20)
+    online = trainer.online_dataset
+    assert online.reward_floor == -5.0
+    rows = online.get(torch.arange(len(online)))
+    # 20 steps end no episode of the tiny maze in a terminal: every floor is the return-to-go plus a negative rest
+    assert torch.all(rows["return_floors"] < rows["returns_to_go"])
+    terms = trainer.train_step()
+    assert 0.0 <= terms["return_floor_share"].item() <= 1.0 and torch.isfinite(terms["q_loss"])
