@@ -424,20 +424,6 @@ def _expansion_problems(config: dict, online: bool, model: str) -> list[str]:
     return []
 
 
-def _explore_samples_problems(config: dict, online: bool, model: str, trainer: str | None) -> list[str]:
-    """Why `explore_action_samples` cannot act in this cell, if it cannot (offline cells ignore it, as they
-    ignore the other collection keys)."""
-    samples = config["explore_action_samples"]
-    if model != "models.DiffusionRL" or (online and trainer != REPLAY_TRAINER):
-        return [f"explore_action_samples ({samples}) sets how models.DiffusionRL collects under {REPLAY_TRAINER}, "
-                f"which this cell ({model}, trainer {trainer}) does not use; set explore_action_samples: null."]
-    if config["offline_policy_candidates"]:
-        return [f"explore_action_samples ({samples}) and offline_policy_candidates "
-                f"({config['offline_policy_candidates']}) both set how collection chooses its candidates; "
-                "set one of them (explore_action_samples: null or offline_policy_candidates: 0)."]
-    return []
-
-
 def _cell_problems(config: dict) -> list[str]:
     """Combinations of values that cannot run (each key alone is valid)."""
     from diffuser.datasets.prepare import MINARI_PREFIX, dataset_name_problem
@@ -472,8 +458,6 @@ def _cell_problems(config: dict) -> list[str]:
         problems.append(f"offline_policy_value_gate ({config['offline_policy_value_gate']}) chooses between the frozen "
                         "offline policy and the trained one, which needs offline_policy_candidates above 0; set "
                         "offline_policy_candidates (e.g. half of n_action_samples) or offline_policy_value_gate: null.")
-    if config["explore_action_samples"] is not None:
-        problems.extend(_explore_samples_problems(config, online, model, trainer))
     if config["critic_return_floor"] and (model not in FLOORED_CRITIC_MODELS or not config["use_value_function"]):
         problems.append(f"critic_return_floor raises the IQL critic's Q targets, which {model} does not train here "
                         f"(only {', '.join(sorted(FLOORED_CRITIC_MODELS))}, and models.DiffusionRL with "

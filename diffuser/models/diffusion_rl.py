@@ -115,7 +115,6 @@ class DiffusionRLConfig(Settings):
     ft_denoising_steps: int
     offline_policy_candidates: int
     offline_policy_value_gate: float | None
-    explore_action_samples: int | None
 
 
 class DiffusionRL(nn.Module):
@@ -132,7 +131,6 @@ class DiffusionRL(nn.Module):
         self.sampling_temperature = cfg.sampling_temperature
         self.min_policy_std = cfg.min_policy_std
         self.n_action_samples = cfg.n_action_samples
-        self.explore_action_samples = cfg.explore_action_samples
         self.advantage_weight_beta = cfg.advantage_weight_beta
         self.return_floor = cfg.critic_return_floor
         self.vae = self.build_vae(obs_dim, action_dim, cfg)
@@ -241,12 +239,11 @@ class DiffusionRL(nn.Module):
     # ------------------------------------------------------------------------------------- acting
     @torch.no_grad()
     def sample_latents(self, observations, history_observations, history_actions, history_mask,
-                       generator: torch.Generator | None = None, n_samples: int | None = None) -> torch.Tensor:
-        """[N, latent_dim]: one latent per state, the best of `n_samples` (default `n_action_samples`) by min-Q
-        when a critic exists; the sampler's noise from `generator` (default: the global RNG)."""
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """[N, latent_dim]: one latent per state, the best of `n_action_samples` by min-Q when a critic exists;
+        the sampler's noise from `generator` (default: the global RNG)."""
         cond = self.policy_condition(observations, history_observations, history_actions, history_mask)
-        n = n_samples or self.n_action_samples
-        n = n if self.critic is not None and not self.deterministic_sampling else 1
+        n = self.n_action_samples if self.critic is not None and not self.deterministic_sampling else 1
         candidates = self._draw(self._chain_denoiser, cond, n, self.clip, generator)
         if n == 1:
             return candidates
@@ -301,17 +298,13 @@ class DiffusionRL(nn.Module):
         """How the replay online mode (utils.OnlineReplayTrainer) collects: as `act`, its sampling noise (from
         the collection stream) the exploration, except that under policy expansion Q picks among all
         candidates of both policies (no value gate), so the trained policy keeps acting, and learning from
-        its own steps, wherever Q rates its candidates higher; and that with `explore_action_samples` the
-        best of that many candidates by Q acts (1: the diffusion's own sample, the critic not asked)."""
+        its own steps, wherever Q rates its candidates higher."""
         if self._expansion_active():
             return self._expanded_act(observations, history_observations, history_actions, history_mask, generator,
                                       None)
-        if self.explore_action_samples is None:
-            return self.act(observations, history_observations, history_actions, history_mask, generator)
-        latents = self.sample_latents(observations, history_observations, history_actions, history_mask, generator,
-                                      self.explore_action_samples)
-        return self.decode_latents(observations, latents)
+        return self.act(observations, history_observations, history_actions, history_mask, generator)
 
+    # --------------------------------------------------------------------------- policy expansion
     def _expansion_active(self) -> bool:
         return self.n_offline_candidates > 0 and bool(self.offline_policy_frozen)
 
