@@ -12,7 +12,8 @@ target is held at or above a Monte Carlo lower bound on the return of the data's
 state on, max(TD target, floor), as in MCAC (Wilcox et al., "Monte Carlo Augmented Actor-Critic for Sparse
 Reward Deep RL from Suboptimal Demonstrations", NeurIPS 2022). Bootstrapping carries a sparse reward back
 one chunk per round of target updates; the floor carries it at once along every recorded path that reached
-it, which is what a goal hundreds of steps away needs.
+it, but only where the critic is below the floor (pessimistic). A critic that starts near 0 on rewards of -1
+per step is above it until bootstrapping has brought it down (docs/measurements.md, OGBench task 2).
 """
 
 from __future__ import annotations
