@@ -85,6 +85,7 @@ class PerItemSequenceDataset(Dataset):
         self.next_observations = normalizers["observations"].normalize(arrays["next_observations"])
         self.rewards = arrays["rewards"]
         self.terminals = arrays["terminals"]
+        self.reward_floor = min(float(self.rewards.min()), 0.0)  # the sampler's default floor
         self.items = []  # (step, episode start, episode stop) of each valid step
         for start, length in zip(arrays["episode_starts"], arrays["episode_lengths"], strict=True):
             stop = int(start + length)
@@ -105,6 +106,9 @@ class PerItemSequenceDataset(Dataset):
         history_act[pad:] = self.actions[first:t]
         mask = np.arange(H) >= pad
         rewards = self.rewards[t:stop].astype(np.float64)
+        returns = rewards @ self.discounts[: len(rewards)]
+        # cut short: the worst rest, every step after the episode at the lowest reward
+        rest = 0.0 if self.terminals[stop - 1] else DISCOUNT ** (stop - t) * self.reward_floor / (1 - DISCOUNT)
         return {
             "history_observations": history_obs,
             "history_actions": history_act,
@@ -114,7 +118,8 @@ class PerItemSequenceDataset(Dataset):
             "rewards": self.rewards[t : t + K],
             "next_observations": self.next_observations[t + K - 1],
             "dones": np.float32(self.terminals[t : t + K].any()),
-            "returns_to_go": np.float32(rewards @ self.discounts[: len(rewards)]),
+            "returns_to_go": np.float32(returns),
+            "return_floors": np.float32(returns + rest),
         }
 
 
@@ -123,7 +128,7 @@ def check_identical_items(sampler: VAESequenceDataset, baseline: PerItemSequence
     fast = sampler.get(positions)
     slow = torch.utils.data.default_collate([baseline[i] for i in positions.tolist()])
     for key, value in fast.items():
-        if key == "returns_to_go":  # summed in a different order: equal up to float32 rounding
+        if key in ("returns_to_go", "return_floors"):  # summed in a different order: equal up to float32 rounding
             torch.testing.assert_close(slow[key], value, rtol=1e-5, atol=1e-5)
         elif not torch.equal(slow[key], value):
             raise AssertionError(f"`{key}` differs between the sampler and the per-item dataset")
