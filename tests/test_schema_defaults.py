@@ -40,6 +40,7 @@ NOT_SETTINGS = {
     "device",  # a torch device, resolved from the cell's `device` setting by the GPU pool
     "evaluator",  # Trainer: none unless the cell evaluates during training
     "read_saved_config",  # Trainer: how a checkpoint's config is read back (config.saved_cell_config), not a setting
+    "reward_floor",  # VAESequenceDataset: the data's lowest reward (an online dataset takes its offline one's), not a setting
 }
 TAKE_SETTINGS = [
     ActionVAE, TrajectoryEncoder, LatentDenoiser, GaussianDiffusion, IQLCritic, TwinQ, DiffusionRL, BC, IQL,
