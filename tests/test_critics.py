@@ -92,14 +92,15 @@ def test_floors_raise_the_targets_below_them_only():
     observations, latents = torch.randn(2, 3), torch.randn(2, 2)
     rewards, next_observations, dones = torch.ones(2, 1), torch.randn(2, 3), torch.zeros(2)
     floors = torch.tensor([25.0, -float("inf")])  # raises row 0 to 25, leaves row 1 at its TD target
-    loss, share = critic.q_loss_and_floor_share(observations, latents, rewards, next_observations, dones, floors)
+    batch = {"rewards": rewards, "next_observations": next_observations, "dones": dones, "return_floors": floors}
+    terms = critic.q_loss_terms(observations, latents, batch, return_floor=True)
     with torch.no_grad():
         q = critic.q(observations, latents)
-    torch.testing.assert_close(loss, torch.mean((q - torch.tensor([25.0, 10.0])) ** 2))
-    assert share.item() == 0.5
-    plain, no_share = critic.q_loss_and_floor_share(observations, latents, rewards, next_observations, dones)
-    torch.testing.assert_close(plain, torch.mean((q - 10.0) ** 2))
-    assert no_share.item() == 0.0
+    torch.testing.assert_close(terms["q_loss"], torch.mean((q - torch.tensor([25.0, 10.0])) ** 2))
+    assert terms["return_floor_share"].item() == 0.5
+    plain = critic.q_loss_terms(observations, latents, batch, return_floor=False)
+    assert set(plain) == {"q_loss"}
+    torch.testing.assert_close(plain["q_loss"], torch.mean((q - 10.0) ** 2))
 
 
 # cells of the corridor the return-floor learning test walks down

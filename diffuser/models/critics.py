@@ -112,16 +112,21 @@ class IQLCritic(nn.Module):
     def q_loss(self, observations, latents, rewards, next_observations, dones, floors=None) -> torch.Tensor:
         """MSE of both Q(s, z_data) toward the TD target (rewards [B, K], dones [B]), or toward
         max(TD target, floor) with return `floors` [B]."""
-        return self.q_loss_and_floor_share(observations, latents, rewards, next_observations, dones, floors)[0]
-
-    def q_loss_and_floor_share(self, observations, latents, rewards, next_observations, dones, floors=None):
-        """(the Q loss, the share of rows whose target the floors raised above the TD target: 0 without)."""
         target = self.td_target(rewards, next_observations, dones)
-        raised = torch.zeros((), device=target.device)
         if floors is not None:
-            raised = (floors > target).float().mean()
             target = torch.maximum(target, floors)
-        return torch.mean((self.q(observations, latents) - target[None]) ** 2), raised
+        return torch.mean((self.q(observations, latents) - target[None]) ** 2)
+
+    def q_loss_terms(self, observations, latents, batch: dict, return_floor: bool) -> dict[str, torch.Tensor]:
+        """The models' Q terms from a training batch: `q_loss`, and with `return_floor` the loss toward
+        max(TD target, the batch's `return_floors`) plus `return_floor_share`, the share of rows the floor raised."""
+        args = (observations, latents, batch["rewards"], batch["next_observations"], batch["dones"])
+        if not return_floor:
+            return {"q_loss": self.q_loss(*args)}
+        floors = batch["return_floors"]
+        with torch.no_grad():
+            raised = (floors > self.td_target(*args[2:])).float().mean()
+        return {"q_loss": self.q_loss(*args, floors), "return_floor_share": raised}
 
     @torch.no_grad()
     def update_targets(self) -> None:

@@ -209,11 +209,7 @@ class DiffusionRL(nn.Module):
             terms["advantage_weight_ess"] = weights.sum() ** 2 / (weights.numel() * (weights**2).sum())
         total = terms["diffusion_loss"] + self.vae_weight * vae_loss
         if self.critic is not None:
-            terms["q_loss"], floor_share = self.critic.q_loss_and_floor_share(
-                observations, latents, batch["rewards"], batch["next_observations"], batch["dones"],
-                batch["return_floors"] if self.return_floor else None)
-            if self.return_floor:
-                terms["return_floor_share"] = floor_share
+            terms.update(self.critic.q_loss_terms(observations, latents, batch, self.return_floor))
             total = total + terms["value_loss"] + terms["q_loss"]
         terms["loss"] = total
         return total, terms

@@ -92,16 +92,11 @@ class IQL(nn.Module):
         observations = batch["observations"]
         actions = batch["actions"].flatten(1)  # [B, K*A]: a chunk is one action of the critic
         value_loss = self.critic.value_loss(observations, actions)
-        q_loss, floor_share = self.critic.q_loss_and_floor_share(
-            observations, actions, batch["rewards"], batch["next_observations"], batch["dones"],
-            batch["return_floors"] if self.return_floor else None)
+        q_terms = self.critic.q_loss_terms(observations, actions, batch, self.return_floor)
         weights = self.advantage_weights(observations, actions)
         actor_loss = -torch.mean(weights * self.log_prob(observations, batch["actions"]))
-        total = actor_loss + value_loss + q_loss
-        terms = {"loss": total, "actor_loss": actor_loss, "value_loss": value_loss, "q_loss": q_loss}
-        if self.return_floor:
-            terms["return_floor_share"] = floor_share
-        return total, terms
+        total = actor_loss + value_loss + q_terms["q_loss"]
+        return total, {"loss": total, "actor_loss": actor_loss, "value_loss": value_loss, **q_terms}
 
     @torch.no_grad()
     def act(self, observations, history_observations, history_actions, history_mask) -> torch.Tensor:
