@@ -462,6 +462,12 @@ def _cell_problems(config: dict) -> list[str]:
         problems.append(f"critic_return_floor raises the IQL critic's Q targets, which {model} does not train here "
                         f"(only {', '.join(sorted(FLOORED_CRITIC_MODELS))}, and models.DiffusionRL with "
                         "use_value_function: true); set critic_return_floor: false.")
+    for key, what in (("critic_initial_value", "sets where the IQL critic starts"),
+                      ("critic_max_value", "holds the IQL critic's values under a ceiling")):
+        if config[key] is not None and (model not in FLOORED_CRITIC_MODELS or not config["use_value_function"]):
+            problems.append(f"{key} {what}, which {model} does not train here (only "
+                            f"{', '.join(sorted(FLOORED_CRITIC_MODELS))}, and models.DiffusionRL with "
+                            f"use_value_function: true); set {key}: null.")
     if online and model == "models.BC":
         problems.append("models.BC has no online mode; set online_training: false, or diffusion: models.DiffusionRL "
                         "(or models.IQL, models.FQL) for online + offline.")

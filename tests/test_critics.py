@@ -41,7 +41,7 @@ def critic_with_learned_q():
     """Q(s, z) fitted to the return of (s, z) through q_loss: a one-step chunk that ends the episode."""
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    critic = IQLCritic(2, 1, hidden_dim=64, expectile=0.5, discount=0.99, action_horizon=1, target_update_rate=1.0)
+    critic = IQLCritic(2, 1, hidden_dim=64, expectile=0.5, discount=0.99, action_horizon=1, target_update_rate=1.0, initial_value=None, max_value=None)
 
     def q_loss():
         observations, latents, returns = toy_batch(256, generator)
@@ -74,7 +74,7 @@ def test_value_follows_the_expectile_of_the_returns(critic_with_learned_q):
 
 
 def test_td_target_discounts_the_chunk_and_bootstraps_unless_done():
-    critic = IQLCritic(3, 2, hidden_dim=16, expectile=0.7, discount=0.9, action_horizon=3, target_update_rate=0.005)
+    critic = IQLCritic(3, 2, hidden_dim=16, expectile=0.7, discount=0.9, action_horizon=3, target_update_rate=0.005, initial_value=None, max_value=None)
     last = critic.value[-1]
     torch.nn.init.zeros_(last.weight)
     torch.nn.init.constant_(last.bias, 10.0)  # V(s') = 10 everywhere
@@ -85,7 +85,7 @@ def test_td_target_discounts_the_chunk_and_bootstraps_unless_done():
 
 
 def test_floors_raise_the_targets_below_them_only():
-    critic = IQLCritic(3, 2, hidden_dim=16, expectile=0.7, discount=0.9, action_horizon=1, target_update_rate=0.005)
+    critic = IQLCritic(3, 2, hidden_dim=16, expectile=0.7, discount=0.9, action_horizon=1, target_update_rate=0.005, initial_value=None, max_value=None)
     last = critic.value[-1]
     torch.nn.init.zeros_(last.weight)
     torch.nn.init.constant_(last.bias, 10.0)  # V(s') = 10: TD targets 1 + 9 = 10
@@ -106,17 +106,22 @@ def test_floors_raise_the_targets_below_them_only():
 # cells of the corridor the return-floor learning test walks down
 CORRIDOR = 30
 
-def corridor_value_at_start(use_floors: bool, steps: int = 300) -> tuple[float, float]:
+def corridor_value_at_start(use_floors: bool, steps: int = 300, step_reward: float = 0.0,
+                             initial_value: float | None = None) -> tuple[float, float]:
     """(V at the first cell, its true value) after training the critic on one recorded walk down a
-    corridor of CORRIDOR cells, reward 1 on the last step (a terminal), 0 before."""
+    corridor of CORRIDOR cells that ends in a terminal: reward 1 on the last step and 0 before, or with
+    `step_reward` -1, OGBench's single-task rewards (-1 per step, 0 on the step that reaches the goal)."""
     torch.manual_seed(0)
     n, discount = CORRIDOR, 0.99
-    critic = IQLCritic(n, 1, hidden_dim=32, expectile=0.7, discount=discount, action_horizon=1, target_update_rate=0.05)
+    critic = IQLCritic(n, 1, hidden_dim=32, expectile=0.7, discount=discount, action_horizon=1, target_update_rate=0.05,
+                       initial_value=initial_value, max_value=None)
     observations, latents = torch.eye(n), torch.zeros(n, 1)
     next_observations = torch.cat([observations[1:], observations[-1:]])
-    rewards, dones = torch.zeros(n, 1), torch.zeros(n)
-    rewards[-1, 0], dones[-1] = 1.0, 1.0
-    returns = discount ** torch.arange(n - 1, -1, -1, dtype=torch.float32)  # the walk's return from each cell
+    rewards, dones = torch.full((n, 1), step_reward), torch.zeros(n)
+    rewards[-1, 0], dones[-1] = 1.0 + step_reward, 1.0
+    returns = torch.zeros(n)  # the walk's return from each cell
+    for t in range(n - 1, -1, -1):
+        returns[t] = rewards[t, 0] + (discount * returns[t + 1] if t < n - 1 else 0.0)
     optimizer = torch.optim.Adam(list(critic.q.parameters()) + list(critic.value.parameters()), lr=3e-3)
     for _ in range(steps):
         loss = critic.value_loss(observations, latents) + critic.q_loss(
@@ -135,9 +140,39 @@ def test_return_floors_carry_a_far_reward_back_where_bootstrapping_has_not_yet()
     assert bootstrapped < 0.3 * true_value, (bootstrapped, true_value)
 
 
+def test_a_critic_started_below_the_returns_lets_the_floors_act_on_rewards_of_minus_one():
+    """On -1 per step a critic starting near 0 is above every floor, so they never act and V at the start
+    stays far above its true value (-25.3); started at -1 / (1 - discount) it rises onto the floors (-24.0
+    after 300 steps), where bootstrapping alone would leave it near where it started (-98.6)."""
+    pessimistic, true_value = corridor_value_at_start(True, step_reward=-1.0, initial_value=-100.0)
+    optimistic, _ = corridor_value_at_start(True, step_reward=-1.0)
+    unfloored, _ = corridor_value_at_start(False, step_reward=-1.0, initial_value=-100.0)
+    assert true_value < -20
+    assert abs(pessimistic - true_value) < 0.1 * abs(true_value), (pessimistic, true_value)
+    assert optimistic > 0.6 * true_value, (optimistic, true_value)
+    assert unfloored < 2 * true_value, (unfloored, true_value)
+
+
+def test_the_initial_value_sets_where_v_and_both_q_start():
+    torch.manual_seed(0)
+    critic = IQLCritic(3, 2, hidden_dim=16, expectile=0.7, discount=0.99, action_horizon=1, target_update_rate=0.005,
+                       initial_value=-100.0, max_value=None)
+    observations, latents = torch.randn(64, 3), torch.randn(64, 2)
+    with torch.no_grad():
+        values, qs, targets = critic.v(observations), critic.q(observations, latents), critic.q_target(observations, latents)
+    for start in (values, qs, targets):
+        assert (start - -100.0).abs().max() < 2.0
+    torch.manual_seed(0)
+    default = IQLCritic(3, 2, hidden_dim=16, expectile=0.7, discount=0.99, action_horizon=1, target_update_rate=0.005, initial_value=None, max_value=None)
+    with torch.no_grad():
+        assert default.v(observations).abs().max() < 2.0
+        # only the output biases differ from the default initialisation
+        torch.testing.assert_close(default.v(observations) - default.value[-1].bias, values + 100.0)
+
+
 def test_targets_move_toward_the_online_q_by_the_polyak_rate():
     torch.manual_seed(0)
-    critic = IQLCritic(3, 2, hidden_dim=16, expectile=0.7, discount=0.9, action_horizon=1, target_update_rate=0.1)
+    critic = IQLCritic(3, 2, hidden_dim=16, expectile=0.7, discount=0.9, action_horizon=1, target_update_rate=0.1, initial_value=None, max_value=None)
     with torch.no_grad():
         for p in critic.q.parameters():
             p.add_(1.0)
@@ -149,7 +184,7 @@ def test_targets_move_toward_the_online_q_by_the_polyak_rate():
 
 
 def test_each_loss_trains_only_its_own_network():
-    critic = IQLCritic(3, 2, hidden_dim=16, expectile=0.7, discount=0.9, action_horizon=2, target_update_rate=0.005)
+    critic = IQLCritic(3, 2, hidden_dim=16, expectile=0.7, discount=0.9, action_horizon=2, target_update_rate=0.005, initial_value=None, max_value=None)
     observations, latents = torch.randn(8, 3), torch.randn(8, 2)
     critic.value_loss(observations, latents).backward()
     assert all(p.grad is None for p in critic.q.parameters())
@@ -203,3 +238,48 @@ def test_fql_q_ensemble_computes_its_members_layer_normed_mlps():
     observations, actions = torch.randn(8, 3), torch.randn(8, 2)
     expected = torch.stack([net(torch.cat([observations, actions], -1)).squeeze(-1) for net in members])
     torch.testing.assert_close(ensemble(observations, actions), expected)
+
+
+def test_the_ceiling_bounds_v_and_q_and_leaves_values_far_below_it_as_they_are():
+    torch.manual_seed(0)
+    critic = IQLCritic(3, 2, hidden_dim=16, expectile=0.7, discount=0.99, action_horizon=1, target_update_rate=0.005,
+                       initial_value=None, max_value=0.0)
+    raw = torch.tensor([-50.0, -10.0, -1.0, 0.0, 1.0, 50.0])
+    bounded = critic.bounded(raw)
+    assert torch.all(bounded < 0.0) and torch.all(bounded[1:] > bounded[:-1])
+    torch.testing.assert_close(bounded[:2], raw[:2], atol=1e-4, rtol=0)
+    with torch.no_grad():
+        for p in list(critic.value.parameters()) + list(critic.q.parameters()):
+            p.add_(10.0)  # outputs far above the ceiling
+        observations, latents = torch.randn(16, 3), torch.randn(16, 2)
+        assert critic.v(observations).max() <= 0.0 and critic.q_twins(observations, latents).max() <= 0.0
+
+
+def value_beyond_the_goal(max_value: float | None, steps: int = 600) -> float:
+    """V one corridor length beyond the goal, after training on walks down a corridor whose position is the
+    observation (0 at the start, 1 at the goal), OGBench's rewards: -1 per step, 0 on reaching the goal."""
+    torch.manual_seed(0)
+    n, discount = 20, 0.99
+    critic = IQLCritic(1, 1, hidden_dim=32, expectile=0.7, discount=discount, action_horizon=1, target_update_rate=0.05,
+                       initial_value=-100.0, max_value=max_value)
+    observations = torch.linspace(0.0, 1.0, n + 1)[:-1, None]
+    next_observations, latents = observations + 1.0 / n, torch.zeros(n, 1)
+    rewards, dones = torch.full((n, 1), -1.0), torch.zeros(n)
+    rewards[-1, 0], dones[-1] = 0.0, 1.0
+    returns = -(1 - discount ** torch.arange(n - 1, -1, -1, dtype=torch.float32)) / (1 - discount)
+    optimizer = torch.optim.Adam(list(critic.q.parameters()) + list(critic.value.parameters()), lr=3e-3)
+    for _ in range(steps):
+        loss = critic.value_loss(observations, latents) + critic.q_loss(
+            observations, latents, rewards, next_observations, dones, returns)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        critic.update_targets()
+    return critic.v(torch.tensor([[2.0]])).item()
+
+
+def test_without_a_ceiling_v_beyond_the_goal_extrapolates_above_what_the_goal_is_worth():
+    """Where no data is, past the goal, an unbounded critic's V keeps rising (so hovering there would look
+    better than arriving, whose return is 0); under a ceiling of 0 it cannot."""
+    assert value_beyond_the_goal(None) > 1.0
+    assert value_beyond_the_goal(0.0) <= 0.0

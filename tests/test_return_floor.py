@@ -1,6 +1,6 @@
 """`critic_return_floor`: models.DiffusionRL and models.IQL hold their critic's Q target at or above the
-batch's return floors (the learning itself: tests/test_critics.py; the floors: tests/test_sequence_dataset.py),
-and the key is refused where no IQL critic would read it."""
+batch's return floors (the learning itself: tests/test_critics.py; the floors: tests/test_sequence_dataset.py);
+`critic_initial_value`: they start their critic there; both keys are refused where no IQL critic would read them."""
 
 import pytest
 import torch
@@ -35,20 +35,40 @@ def test_floors_above_every_td_target_raise_every_target(model_class):
     torch.testing.assert_close(low["q_loss"], plain["q_loss"])
 
 
+# the critic keys, each with a value that acts and the start of the line that refuses it where no IQL critic reads it
+CRITIC_KEYS = [("critic_return_floor", True, "critic_return_floor raises the IQL critic's Q targets"),
+               ("critic_initial_value", -100.0, "critic_initial_value sets where the IQL critic starts"),
+               ("critic_max_value", 0.0, "critic_max_value holds the IQL critic's values under a ceiling")]
+
+
+@pytest.mark.parametrize(("key", "value", "refusal"), CRITIC_KEYS)
 @pytest.mark.parametrize("overrides", [
     {"diffusion": "models.BC"},
     {"diffusion": "models.FQL"},
     {"diffusion": "models.DiffusionRL", "use_value_function": False},
 ])
-def test_the_key_is_refused_where_no_iql_critic_reads_it(tmp_path, overrides):
-    with pytest.raises(ConfigError, match="critic_return_floor raises the IQL critic's Q targets"):
-        cell_config(tmp_path, **{"trainer": None, "online_training": False, "critic_return_floor": True, **overrides})
+def test_the_key_is_refused_where_no_iql_critic_reads_it(tmp_path, overrides, key, value, refusal):
+    with pytest.raises(ConfigError, match=refusal):
+        cell_config(tmp_path, **{"trainer": None, "online_training": False, key: value, **overrides})
 
 
+@pytest.mark.parametrize(("key", "value", "refusal"), CRITIC_KEYS)
 @pytest.mark.parametrize("model", ["models.DiffusionRL", "models.IQL"])
-def test_the_key_is_accepted_where_an_iql_critic_reads_it(tmp_path, model):
-    config = cell_config(tmp_path, diffusion=model, trainer=None, online_training=False, critic_return_floor=True)
-    assert config["critic_return_floor"] is True
+def test_the_key_is_accepted_where_an_iql_critic_reads_it(tmp_path, model, key, value, refusal):
+    config = cell_config(tmp_path, diffusion=model, trainer=None, online_training=False, **{key: value})
+    assert config[key] == value
+
+
+@pytest.mark.parametrize("model_class", [DiffusionRL, IQL])
+def test_both_models_start_their_critic_at_the_initial_value(model_class):
+    torch.manual_seed(0)
+    model = model_class(OBS_DIM, ACTION_DIM, tiny_config(critic_initial_value=-100.0))
+    batch = synthetic_batch()
+    observations = batch["observations"]
+    latents = torch.zeros(len(observations), model.critic.q.weights[0].shape[1] - OBS_DIM)
+    with torch.no_grad():
+        for start in (model.critic.v(observations), model.critic.q(observations, latents)):
+            assert (start + 100.0).abs().max() < 2.0
 
 
 def test_online_rows_are_floored_with_the_offline_datas_lowest_reward(tmp_path, tiny_maze_data):

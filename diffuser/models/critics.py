@@ -14,6 +14,12 @@ Reward Deep RL from Suboptimal Demonstrations", NeurIPS 2022). Bootstrapping car
 one chunk per round of target updates; the floor carries it at once along every recorded path that reached
 it, but only where the critic is below the floor (pessimistic). A critic that starts near 0 on rewards of -1
 per step is above it until bootstrapping has brought it down (docs/measurements.md, OGBench task 2).
+`critic_initial_value` starts V and Q there instead (e.g. the floor of an episode that never succeeds,
+reward_floor / (1 - discount)): the critic then rises from below toward the returns the data shows,
+the direction the floor acts in, rather than falling from 0 by bootstrapping. `critic_max_value` holds
+V and Q under the highest return there can be (0 when no reward is above 0), as HER (Andrychowicz et al.,
+2017) clips its targets to [-1 / (1 - discount), 0]; here the networks' outputs are bounded, so that where
+no data is (beyond a goal in a maze's corner) they cannot extrapolate above what reaching the goal is worth.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from diffuser.models.denoisers import mlp
@@ -72,24 +79,45 @@ class IQLCritic(nn.Module):
         discount: float,
         action_horizon: int,
         target_update_rate: float,
+        initial_value: float | None,
+        max_value: float | None,
     ):
+        """`initial_value`: where V and both Q start (their output biases; `critic_initial_value`), or None
+        for nn.Linear's default initialisation (outputs near 0). `max_value`: the ceiling V and Q are held
+        under (`critic_max_value`), or None for none."""
         super().__init__()
         self.expectile = expectile
+        self.max_value = max_value
         self.target_update_rate = target_update_rate
         self.chunk_bootstrap = discount**action_horizon
         self.value = mlp(obs_dim, hidden_dim, 1, activation=nn.ReLU)
         self.q = TwinQ(obs_dim, latent_dim, hidden_dim)
+        if initial_value is not None:
+            with torch.no_grad():
+                self.value[-1].bias.fill_(initial_value)
+                self.q.biases[-1].fill_(initial_value)
         self.q_target = copy.deepcopy(self.q).requires_grad_(False)
         self.register_buffer("chunk_discounts", discount ** torch.arange(action_horizon, dtype=torch.float32),
                              persistent=False)
 
+    def bounded(self, outputs: torch.Tensor) -> torch.Tensor:
+        """The networks' outputs under the ceiling: a smooth min(outputs, max_value), max_value - softplus(max_value
+        - outputs), which is the output itself a few units below the ceiling (and the identity without one)."""
+        if self.max_value is None:
+            return outputs
+        return self.max_value - F.softplus(self.max_value - outputs)
+
     def v(self, observations: torch.Tensor) -> torch.Tensor:
         """[B, obs_dim] -> [B]."""
-        return self.value(observations).squeeze(-1)
+        return self.bounded(self.value(observations).squeeze(-1))
+
+    def q_twins(self, observations: torch.Tensor, latents: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """[2, B] the twin Q values (of the target copies with `target`)."""
+        return self.bounded((self.q_target if target else self.q)(observations, latents))
 
     def q_min(self, observations: torch.Tensor, latents: torch.Tensor, target: bool = False) -> torch.Tensor:
         """[B] min of the twin Q values (of the target copies with `target`)."""
-        return (self.q_target if target else self.q)(observations, latents).min(dim=0).values
+        return self.q_twins(observations, latents, target).min(dim=0).values
 
     def td_target(self, rewards: torch.Tensor, next_observations: torch.Tensor, dones: torch.Tensor) -> torch.Tensor:
         """[B] sum_k discount^k r_k + discount^K (1 - done) V(s'), with V held fixed."""
@@ -115,7 +143,7 @@ class IQLCritic(nn.Module):
         target = self.td_target(rewards, next_observations, dones)
         if floors is not None:
             target = torch.maximum(target, floors)
-        return torch.mean((self.q(observations, latents) - target[None]) ** 2)
+        return torch.mean((self.q_twins(observations, latents) - target[None]) ** 2)
 
     def q_loss_terms(self, observations, latents, batch: dict, return_floor: bool) -> dict[str, torch.Tensor]:
         """The models' Q terms from a training batch: `q_loss`, and with `return_floor` the loss toward

@@ -110,6 +110,8 @@ class DiffusionRLConfig(Settings):
     discount: float
     target_update_rate: float
     critic_return_floor: bool
+    critic_initial_value: float | None
+    critic_max_value: float | None
     # online fine-tuning
     online_training: bool
     ft_denoising_steps: int
@@ -145,7 +147,8 @@ class DiffusionRL(nn.Module):
         self.critic = None
         if cfg.use_value_function:
             self.critic = IQLCritic(obs_dim, self.latent_dim, cfg.hidden_dim, cfg.expectile, cfg.discount,
-                                    cfg.action_horizon, cfg.target_update_rate)
+                                    cfg.action_horizon, cfg.target_update_rate, cfg.critic_initial_value,
+                                    cfg.critic_max_value)
         # Online fine-tuning trains the last ft_denoising_steps of the chain only; the earlier ones are
         # taken by a frozen copy of the encoder and denoiser (DPPO's frozen `actor` beside `actor_ft`),
         # set by `freeze_base` when interaction starts. Built last and on a forked RNG, so an online cell

@@ -50,6 +50,8 @@ class IQLConfig(Settings):
     discount: float
     target_update_rate: float
     critic_return_floor: bool
+    critic_initial_value: float | None
+    critic_max_value: float | None
 
 
 class IQL(nn.Module):
@@ -69,7 +71,8 @@ class IQL(nn.Module):
         self.policy_mean = mlp(obs_dim, cfg.iql_hidden_dim, chunk_dim, HIDDEN_LAYERS, activation=nn.ReLU)
         self.policy_log_std = nn.Parameter(torch.zeros(chunk_dim))
         self.critic = IQLCritic(obs_dim, chunk_dim, cfg.iql_hidden_dim, cfg.expectile, cfg.discount,
-                                cfg.action_horizon, cfg.target_update_rate)
+                                cfg.action_horizon, cfg.target_update_rate, cfg.critic_initial_value,
+                                cfg.critic_max_value)
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         """[N, obs_dim] -> the policy's mean action chunks [N, K, A] in [-1, 1]."""
