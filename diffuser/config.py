@@ -56,7 +56,7 @@ import yaml
 from diffuser.errors import ConfigError, UserError
 from diffuser.registry import (
     EXPLORING_MODELS,
-    FLOORED_CRITIC_MODELS,
+    IQL_CRITIC_MODELS,
     MODELS_WITH_VAE,
     OFFLINE_TRAINER,
     ONLINE_TRAINER,
@@ -458,15 +458,15 @@ def _cell_problems(config: dict) -> list[str]:
         problems.append(f"offline_policy_value_gate ({config['offline_policy_value_gate']}) chooses between the frozen "
                         "offline policy and the trained one, which needs offline_policy_candidates above 0; set "
                         "offline_policy_candidates (e.g. half of n_action_samples) or offline_policy_value_gate: null.")
-    if config["critic_return_floor"] and (model not in FLOORED_CRITIC_MODELS or not config["use_value_function"]):
+    if config["critic_return_floor"] and (model not in IQL_CRITIC_MODELS or not config["use_value_function"]):
         problems.append(f"critic_return_floor raises the IQL critic's Q targets, which {model} does not train here "
-                        f"(only {', '.join(sorted(FLOORED_CRITIC_MODELS))}, and models.DiffusionRL with "
+                        f"(only {', '.join(sorted(IQL_CRITIC_MODELS))}, and models.DiffusionRL with "
                         "use_value_function: true); set critic_return_floor: false.")
     for key, what in (("critic_initial_value", "sets where the IQL critic starts"),
                       ("critic_max_value", "holds the IQL critic's values under a ceiling")):
-        if config[key] is not None and (model not in FLOORED_CRITIC_MODELS or not config["use_value_function"]):
+        if config[key] is not None and (model not in IQL_CRITIC_MODELS or not config["use_value_function"]):
             problems.append(f"{key} {what}, which {model} does not train here (only "
-                            f"{', '.join(sorted(FLOORED_CRITIC_MODELS))}, and models.DiffusionRL with "
+                            f"{', '.join(sorted(IQL_CRITIC_MODELS))}, and models.DiffusionRL with "
                             f"use_value_function: true); set {key}: null.")
     if online and model == "models.BC":
         problems.append("models.BC has no online mode; set online_training: false, or diffusion: models.DiffusionRL "

@@ -37,9 +37,9 @@ REPLAY_ONLINE_MODELS = frozenset({"models.IQL", "models.FQL"})
 EXPLORING_MODELS = REPLAY_ONLINE_MODELS | {"models.DiffusionRL"}
 # models that own an ActionVAE, which the pretrain step trains on its own (DiffusionPolicy diffuses actions)
 MODELS_WITH_VAE = frozenset({"models.DiffusionRL"})
-# models whose IQL critic (models/critics.py) can hold its Q targets above the return floors (critic_return_floor)
-# and start where critic_initial_value says
-FLOORED_CRITIC_MODELS = frozenset({"models.DiffusionRL", "models.IQL"})
+# models with the IQL critic (models/critics.py), the ones critic_return_floor, critic_initial_value and
+# critic_max_value act on
+IQL_CRITIC_MODELS = frozenset({"models.DiffusionRL", "models.IQL"})
 
 
 def known_names() -> list[str]:

@@ -1,6 +1,7 @@
 """`critic_return_floor`: models.DiffusionRL and models.IQL hold their critic's Q target at or above the
 batch's return floors (the learning itself: tests/test_critics.py; the floors: tests/test_sequence_dataset.py);
-`critic_initial_value`: they start their critic there; both keys are refused where no IQL critic would read them."""
+`critic_initial_value` and `critic_max_value`: they start their critic there and bound it (the learning: tests/
+test_critics.py); each key is refused where no IQL critic would read it."""
 
 import pytest
 import torch
@@ -60,7 +61,7 @@ def test_the_key_is_accepted_where_an_iql_critic_reads_it(tmp_path, model, key, 
 
 
 @pytest.mark.parametrize("model_class", [DiffusionRL, IQL])
-def test_both_models_start_their_critic_at_the_initial_value(model_class):
+def test_both_models_start_their_critic_at_the_initial_value_and_under_the_ceiling(model_class):
     torch.manual_seed(0)
     model = model_class(OBS_DIM, ACTION_DIM, tiny_config(critic_initial_value=-100.0))
     batch = synthetic_batch()
@@ -69,6 +70,11 @@ def test_both_models_start_their_critic_at_the_initial_value(model_class):
     with torch.no_grad():
         for start in (model.critic.v(observations), model.critic.q(observations, latents)):
             assert (start + 100.0).abs().max() < 2.0
+    # started above a ceiling of -100, both read as just under it
+    model = model_class(OBS_DIM, ACTION_DIM, tiny_config(critic_initial_value=0.0, critic_max_value=-100.0))
+    with torch.no_grad():
+        for bounded in (model.critic.v(observations), model.critic.q_twins(observations, latents)):
+            assert bounded.max() <= -100.0 and bounded.min() > -101.0
 
 
 def test_online_rows_are_floored_with_the_offline_datas_lowest_reward(tmp_path, tiny_maze_data):
