@@ -458,16 +458,13 @@ def _cell_problems(config: dict) -> list[str]:
         problems.append(f"offline_policy_value_gate ({config['offline_policy_value_gate']}) chooses between the frozen "
                         "offline policy and the trained one, which needs offline_policy_candidates above 0; set "
                         "offline_policy_candidates (e.g. half of n_action_samples) or offline_policy_value_gate: null.")
-    if config["critic_return_floor"] and (model not in IQL_CRITIC_MODELS or not config["use_value_function"]):
-        problems.append(f"critic_return_floor raises the IQL critic's Q targets, which {model} does not train here "
-                        f"(only {', '.join(sorted(IQL_CRITIC_MODELS))}, and models.DiffusionRL with "
-                        "use_value_function: true); set critic_return_floor: false.")
-    for key, what in (("critic_initial_value", "sets where the IQL critic starts"),
-                      ("critic_max_value", "holds the IQL critic's values under a ceiling")):
-        if config[key] is not None and (model not in IQL_CRITIC_MODELS or not config["use_value_function"]):
+    for key, what, off, off_text in (("critic_return_floor", "raises the IQL critic's Q targets", False, "false"),
+                                     ("critic_initial_value", "sets where the IQL critic starts", None, "null"),
+                                     ("critic_max_value", "holds the IQL critic's values under a ceiling", None, "null")):
+        if config[key] is not off and (model not in IQL_CRITIC_MODELS or not config["use_value_function"]):
             problems.append(f"{key} {what}, which {model} does not train here (only "
                             f"{', '.join(sorted(IQL_CRITIC_MODELS))}, and models.DiffusionRL with "
-                            f"use_value_function: true); set {key}: null.")
+                            f"use_value_function: true); set {key}: {off_text}.")
     if online and model == "models.BC":
         problems.append("models.BC has no online mode; set online_training: false, or diffusion: models.DiffusionRL "
                         "(or models.IQL, models.FQL) for online + offline.")
